@@ -1,0 +1,99 @@
+"""Entry point of the ``bushu`` command.
+
+Each subcommand module defines ``HELP`` (one line), ``EXAMPLES`` (shown by ``--help``), ``add_arguments(parser)``
+and ``run(args)``, which calls one public function and returns its result. Here the result is printed as text or
+``--json``; the exit code is 0 when the result is truthy (a check passed), 1 when it is not, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from .. import __version__
+from ..errors import BushuError
+
+# NOTE: the order here is the order of `bushu --help`.
+COMMANDS = ["inspect", "run", "export", "compare", "optimize", "edit", "reduce", "quantize", "profile", "bench",
+            "convert", "serve", "report", "demo"]
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(f"bushu.cli.{name}_cmd")
+    except ModuleNotFoundError as e:
+        if e.name == f"bushu.cli.{name}_cmd":
+            return None
+        raise
+
+
+def common_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars or notes on stderr")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, with the way to get help
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bushu", description="Take a trained neural network to production.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bushu {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        mod = _module(name)
+        if mod is None:
+            continue
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, epilog="examples:\n" + mod.EXAMPLES.rstrip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        common_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def emit(result, args) -> int:
+    """Print ``result`` and return the exit code it implies."""
+    if result is None:
+        return 0
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    if getattr(args, "json", False):
+        print(result.to_json() if hasattr(result, "to_json") else result)
+    else:
+        print(result.render() if hasattr(result, "render") else result)
+    return 0 if bool(result) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return emit(args._run(args), args)
+    except BushuError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"bushu {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"bushu {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in bushu, not bad input: say so, keep it one line unless --debug
+        if args.debug:
+            raise
+        print(f"bushu {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback "
+              "and report it)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""ONNX Runtime (CPU; CUDA and TensorRT execution providers when the installed build has them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import BushuError
+from .base import EngineOptions, ModelFile, TensorSpec
+
+_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(int8)": "int8",
+    "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16", "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(bool)": "bool",
+    "tensor(string)": "object", "tensor(bfloat16)": "bfloat16",
+}
+
+
+def _spec(arg) -> TensorSpec:
+    shape = None if arg.shape is None else tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
+    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+
+def session_options(options: EngineOptions):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if options.opt_level not in _LEVELS:
+        raise BushuError(f"unknown optimization level '{options.opt_level}': choose one of {', '.join(_LEVELS)}")
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[options.opt_level])
+    if options.threads:
+        so.intra_op_num_threads = options.threads
+        so.inter_op_num_threads = 1
+    if not options.spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if options.profile:
+        so.enable_profiling = True
+    so.log_severity_level = 3
+    return so
+
+
+class OrtSession:
+    engine = "ort"
+
+    def __init__(self, sess):
+        self.sess = sess
+        self.inputs = [_spec(a) for a in sess.get_inputs()]
+        self.outputs = [_spec(a) for a in sess.get_outputs()]
+        self._out_names = [o.name for o in self.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else self._out_names
+        try:
+            res = self.sess.run(names, dict(feeds))
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BushuError(f"ONNX Runtime failed to run the model: {msg}") from None
+        return dict(zip(names, res))
+
+    def end_profiling(self) -> str:
+        return self.sess.end_profiling()
+
+
+class OrtEngine:
+    name = "ort"
+    extra = "core"
+
+    def available(self) -> bool:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        return ort.get_available_providers()
+
+    def load(self, model: ir.Model | str, options: EngineOptions) -> OrtSession:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if options.providers:
+            providers = []
+            have = set(ort.get_available_providers())
+            for p in options.providers:
+                full = _PROVIDERS.get(p.lower(), p)
+                if full not in have:
+                    raise BushuError(
+                        f"execution provider '{p}' is not in this onnxruntime build (it has {', '.join(sorted(have))}): "
+                        "install onnxruntime-gpu for cuda/tensorrt"
+                    )
+                providers.append(full)
+        with ModelFile(model) as src:
+            try:
+                sess = ort.InferenceSession(src, sess_options=session_options(options), providers=providers)
+            except Exception as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise BushuError(f"ONNX Runtime could not load the model: {msg}") from None
+        return OrtSession(sess)

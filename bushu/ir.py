@@ -1,0 +1,253 @@
+"""The one door to onnx-ir: load and save ONNX models, checking the file before any work is done.
+
+A model file is untrusted. :func:`load` refuses, with a one-line :class:`~bushu.errors.BushuError`, a missing path,
+a file that is not ONNX or is truncated, an opset newer than the installed ``onnx`` knows, a graph with a cycle,
+and external data whose ``location`` is absolute or leaves the model's folder. Weights in external data stay
+memory-mapped by onnx-ir (never read twice). :func:`save` is atomic and switches to external data above 2 GB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from onnx_ir import external_data as _external_data
+
+from .errors import BushuError
+
+__all__ = ["ir", "load", "save", "loads", "to_proto", "to_bytes", "check_proto", "PROTOBUF_LIMIT"]
+
+PROTOBUF_LIMIT = 2**31 - 1
+# Above this many bytes of weights a model is saved with external data (protobuf's hard limit is 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def _iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _iter_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _iter_graphs(g)
+
+
+def _iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    for g in _iter_graphs(model.graph):
+        yield from g.initializer
+        for si in g.sparse_initializer:
+            yield si.values
+            yield si.indices
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.TENSORS:
+                    yield from attr.tensors
+
+
+def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+    root = base_dir.resolve()
+    for t in _iter_tensors(model):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if not loc:
+            raise BushuError(f"tensor '{t.name}' is marked external but has no location: re-export the model")
+        if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
+            raise BushuError(
+                f"tensor '{t.name}' points to external data at an absolute path '{loc}': refused for safety; "
+                "save the data file beside the model and use a relative location"
+            )
+        target = (root / loc).resolve()
+        if root != target and root not in target.parents:
+            raise BushuError(
+                f"tensor '{t.name}' points to external data '{loc}' outside the model's folder: refused for safety; "
+                "move the data file beside the model"
+            )
+        if not target.is_file():
+            raise BushuError(f"external data file '{loc}' of tensor '{t.name}' is missing: put it beside the model")
+        offset = int(info.get("offset", 0) or 0)
+        length = info.get("length")
+        if length is not None and offset + int(length) > target.stat().st_size:
+            raise BushuError(
+                f"external data file '{loc}' is shorter than tensor '{t.name}' needs (truncated?): re-export the model"
+            )
+
+
+def _check_cycles(graph: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> None:
+    """Kahn's algorithm over the nodes; names a node on a cycle (or one that reads a value nobody produces)."""
+    available = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    available |= {si.values.name for si in graph.sparse_initializer}
+    producers = {}
+    for i, node in enumerate(graph.node):
+        for o in node.output:
+            producers[o] = i
+
+    def implicit_inputs(node: onnx.NodeProto) -> set[str]:
+        names: set[str] = set()
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                for g in _iter_graphs(sub):
+                    for n in g.node:
+                        names.update(n.input)
+        return names
+
+    deps: list[set[int]] = []
+    for node in graph.node:
+        needed = set(node.input) | implicit_inputs(node)
+        deps.append({producers[n] for n in needed if n in producers and n not in available})
+    done: set[int] = set()
+    progress = True
+    while progress and len(done) < len(graph.node):
+        progress = False
+        for i in range(len(graph.node)):
+            if i not in done and deps[i] <= done:
+                done.add(i)
+                progress = True
+    if len(done) < len(graph.node):
+        stuck = next(graph.node[i] for i in range(len(graph.node)) if i not in done)
+        raise BushuError(
+            f"the graph has a cycle through node '{stuck.name or stuck.op_type}' ({stuck.op_type}): "
+            "an ONNX graph must be acyclic; fix the exporter or the edit that produced it"
+        )
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            inner_outer = frozenset(available | set(producers))
+            for sub in subs:
+                _check_cycles(sub, inner_outer)
+
+
+def check_proto(proto: onnx.ModelProto, base_dir: Path | None, source: str = "model") -> None:
+    """Refuse a model that can't be trusted or used, before any work is done."""
+    if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.output) == 0):
+        raise BushuError(f"{source} has no graph: it is not an ONNX model or it is truncated; re-export it")
+    if proto.ir_version <= 0:
+        raise BushuError(f"{source} has no IR version: it is not an ONNX model or it is truncated; re-export it")
+    known = onnx.defs.onnx_opset_version()
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > known:
+            raise BushuError(
+                f"{source} uses opset {imp.version} but the installed onnx {onnx.__version__} knows up to {known}: "
+                "upgrade onnx (pip install -U onnx) or export with a lower opset"
+            )
+    if proto.ir_version > onnx.IR_VERSION:
+        raise BushuError(
+            f"{source} has IR version {proto.ir_version} but the installed onnx {onnx.__version__} knows up to "
+            f"{onnx.IR_VERSION}: upgrade onnx (pip install -U onnx)"
+        )
+    _check_cycles(proto.graph)
+    if base_dir is not None:
+        _check_external_data(proto, base_dir)
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise BushuError(f"no such file: {path}")
+    if path.is_dir():
+        candidates = sorted(path.glob("*.onnx"))
+        hint = f" (did you mean {candidates[0]}?)" if candidates else ""
+        raise BushuError(f"{path} is a folder, not an ONNX file{hint}")
+    if path.stat().st_size == 0:
+        raise BushuError(f"{path} is empty: re-export or re-download the model")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError, RuntimeError or ValueError depending on the backend
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BushuError(f"{path} is not a valid ONNX file ({msg}): is it truncated, or another format?") from None
+
+
+def load(path: str | os.PathLike) -> ir.Model:
+    """Load an ONNX model into onnx-ir after checking it (see the module docstring for what is refused)."""
+    path = Path(path)
+    proto = _read_proto(path)
+    check_proto(proto, path.parent, source=str(path))
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as e:
+        raise BushuError(f"{path} could not be read as an ONNX model ({str(e).splitlines()[0]})") from None
+    _external_data.set_base_dir(model.graph, str(path.parent.resolve()))
+    model.meta["bushu.path"] = str(path.resolve())
+    return model
+
+
+def loads(data: bytes, source: str = "model bytes") -> ir.Model:
+    """Load a model from serialized bytes (no external data allowed)."""
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as e:
+        raise BushuError(f"{source} is not a valid ONNX model ({str(e).splitlines()[0]})") from None
+    check_proto(proto, None, source)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _iter_tensors(proto)):
+        raise BushuError(f"{source} refers to external data, which bytes can't carry: load it from its file")
+    return ir.serde.deserialize_model(proto)
+
+
+def weight_bytes(model: ir.Model) -> int:
+    total = 0
+    for g in [model.graph, *model.graph.subgraphs()]:
+        for v in g.initializers.values():
+            if v.const_value is not None:
+                total += v.const_value.nbytes
+    return total
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.serde.serialize_model(model)
+
+
+def to_bytes(model: ir.Model) -> bytes:
+    """Serialize for an engine that takes bytes; models whose weights exceed protobuf's limit must go by path."""
+    if weight_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+        raise BushuError("the model is over 2 GB: save it with bushu.save() and pass the path instead")
+    return to_proto(model).SerializeToString()
+
+
+def source_path(model: ir.Model) -> Path | None:
+    """The file a model was loaded from, when it came from :func:`load`."""
+    p = model.meta.get("bushu.path")
+    return Path(p) if p else None
+
+
+def save(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    force: bool = False,
+    external_data: bool | None = None,
+) -> Path:
+    """Save atomically: write into a temporary folder beside ``path``, then rename into place.
+
+    ``external_data=None`` switches to a ``<name>.data`` file when the weights exceed ~1.8 GB. A ``path`` equal to
+    the file the model was loaded from is refused unless ``force=True``; an existing different file is replaced.
+    """
+    path = Path(path)
+    src = source_path(model)
+    if src is not None and path.resolve() == src and not force:
+        raise BushuError(f"refusing to overwrite the input {path}: choose another output path or pass --force")
+    if path.is_dir():
+        raise BushuError(f"{path} is a folder: give a file name such as {path / 'model.onnx'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    use_external = external_data if external_data is not None else weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    data_name = path.name + ".data"
+    tmpdir = Path(tempfile.mkdtemp(prefix=".bushu-save-", dir=path.parent))
+    try:
+        tmp_model = tmpdir / path.name
+        if use_external:
+            ir.save(model, tmp_model, external_data=data_name)
+            os.replace(tmpdir / data_name, path.parent / data_name)
+        else:
+            ir.save(model, tmp_model)
+        os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
