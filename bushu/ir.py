@@ -251,3 +251,23 @@ def save(
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
+
+
+def convert_opset(model: ir.Model, version: int) -> ir.Model:
+    """A copy of ``model`` at ONNX opset ``version`` (ONNX's version converter); the model itself is unchanged.
+
+    Per-channel Q/DQ needs opset ≥ 13, the standard fusions need 17/20/23: the quantizer and the fusions call this.
+    """
+    import onnx.version_converter
+
+    current = model.opset_imports.get("", 1)
+    if current == version:
+        return model
+    proto = to_proto(model)
+    try:
+        converted = onnx.version_converter.convert_version(proto, version)
+    except Exception as e:
+        raise BushuError(f"could not convert the model from opset {current} to {version}: {str(e).splitlines()[0]}") from None
+    out = ir.serde.deserialize_model(converted)
+    out.meta.update({k: v for k, v in model.meta.items() if k != "bushu.path"})
+    return out

@@ -1,0 +1,66 @@
+"""Shared fixtures: the real models (from PyPI wheels and bushu.zoo_torch), exported once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import bushu.zoo as zoo  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ppocr_rec() -> Path:
+    return zoo.path("ppocr-rec")
+
+
+@pytest.fixture(scope="session")
+def ppocr_det() -> Path:
+    return zoo.path("ppocr-det")
+
+
+@pytest.fixture(scope="session")
+def ppocr_cls() -> Path:
+    return zoo.path("ppocr-cls")
+
+
+@pytest.fixture(scope="session")
+def silero_vad() -> Path:
+    return zoo.path("silero-vad")
+
+
+@pytest.fixture(scope="session")
+def torch_zoo():
+    """``torch_zoo("digits-cnn", legacy=False) -> Path``: cached ONNX exports of bushu.zoo_torch models."""
+    import bushu.zoo_torch as zt
+
+    return lambda name, legacy=False: zt.onnx_path(name, legacy=legacy)
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(torch_zoo) -> Path:
+    return torch_zoo("digits-cnn")
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(torch_zoo) -> Path:
+    return torch_zoo("minilm")
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``bushu ARGS`` in a subprocess (as a user would) and capture its output."""
+    return subprocess.run([sys.executable, "-m", "bushu", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
