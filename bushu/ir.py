@@ -207,8 +207,10 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 
 def to_bytes(model: ir.Model) -> bytes:
     """Serialize for an engine that takes bytes; models whose weights exceed protobuf's limit must go by path."""
-    if weight_bytes(model) > EXTERNAL_DATA_THRESHOLD:
-        raise BushuError("the model is over 2 GB: save it with bushu.save() and pass the path instead")
+    from .engines.base import has_external_data
+
+    if weight_bytes(model) > EXTERNAL_DATA_THRESHOLD or has_external_data(model):
+        raise BushuError("the model has external data or is over 2 GB: save it with bushu.save() and pass the path")
     return to_proto(model).SerializeToString()
 
 
