@@ -29,12 +29,15 @@ def parse_shape_args(items: Sequence[str] | None) -> dict[str, tuple[int, ...] |
         try:
             if ":" in item:
                 name, dims = item.rsplit(":", 1)
-                out[name] = tuple(int(d) for d in re.split(r"[x,]", dims) if d)
+                value: tuple[int, ...] | int = tuple(int(d) for d in re.split(r"[x,]", dims) if d)
             elif "=" in item:
                 name, val = item.split("=", 1)
-                out[name] = int(val)
+                value = int(val)
             else:
                 raise ValueError
+            if not name:
+                raise ValueError
+            out[name] = value
         except ValueError:
             raise BushuError(
                 f"bad --shape '{item}': write INPUT:1x3x224x224 for an input or DIM=8 for a symbolic dim"

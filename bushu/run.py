@@ -119,8 +119,9 @@ def run(
     to synthesize them; ``synth`` keywords go to :func:`bushu.inputs.synthesize`)."""
     from . import ir as bir
 
+    eng = engines.get(engine)  # an unknown engine is refused before any work
     m = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
-    sess = engines.open_session(m, engine, options or EngineOptions())
+    sess = eng.load(m, options or EngineOptions())
     feed = first_feed(sess.inputs, inputs, **synth)
     outs = sess.run(feed)
     latency = measure(lambda: sess.run(feed), warmup_s=0.2, budget_s=1.0) if time else None

@@ -1,0 +1,110 @@
+"""bushu run, feed synthesis and loading, the timer, and the CLI's shared habits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bushu
+from bushu import inputs
+from bushu.engines.base import TensorSpec
+from bushu.errors import BushuError
+from bushu.timing import Latency, measure
+
+
+def test_run_ppocr_rec_on_ort_matches_onnxruntime(ppocr_rec):
+    import onnxruntime as ort
+
+    res = bushu.run(ppocr_rec, shapes={"x": (1, 3, 48, 320)}, seed=7)
+    assert res and res.outputs[0].shape == (1, 40, 6625)
+    feed = inputs.synthesize([TensorSpec("x", "float32", ("b", 3, None, "w"))], shapes={"x": (1, 3, 48, 320)}, seed=7)
+    want = ort.InferenceSession(str(ppocr_rec), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_array_equal(next(iter(res.arrays.values())), want)
+    # softmax rows sum to one: real numbers from a real model
+    np.testing.assert_allclose(want.sum(-1), 1.0, rtol=1e-4)
+
+
+def test_run_silero_vad_needs_its_sample_rate(silero_vad, tmp_path, cli):
+    r = cli("run", silero_vad, "--value", "sr=16000", "--shape", "input:1x512", "--shape", "state:2x1x128",
+            "--save-outputs", tmp_path / "out.npz", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["kind"] == "run" and {o["name"] for o in doc["outputs"]} == {"output", "stateN"}
+    with np.load(tmp_path / "out.npz") as z:
+        assert 0.0 <= float(z["output"].ravel()[0]) <= 1.0 and z["stateN"].shape == (2, 1, 128)
+
+
+def test_run_with_saved_inputs_round_trips(ppocr_cls, tmp_path, cli):
+    x = np.random.default_rng(0).random((1, 3, 48, 192), dtype=np.float32)
+    np.savez(tmp_path / "feed.npz", x=x)
+    r = cli("run", ppocr_cls, "--input", tmp_path / "feed.npz", "--save-outputs", tmp_path / "o.npz", "--time")
+    assert r.returncode == 0, r.stderr
+    assert "median" in r.stdout and "machine" in r.stdout
+    np.save(tmp_path / "x.npy", x.astype(np.float64))
+    r = cli("run", ppocr_cls, "--input", tmp_path / "x.npy")
+    assert r.returncode == 2 and "float64 but the model wants float32" in r.stderr
+
+
+def test_synthesized_integer_inputs_are_valid():
+    specs = [TensorSpec("input_ids", "int64", ("batch", "seq")), TensorSpec("attention_mask", "int64", ("batch", "seq")),
+             TensorSpec("token_type_ids", "int64", ("batch", "seq"))]
+    feed = inputs.synthesize(specs, shapes={"batch": 2, "seq": 9}, ranges={"input_ids": (100, 200)})
+    assert feed["input_ids"].shape == (2, 9) and feed["input_ids"].min() >= 100 and feed["input_ids"].max() < 200
+    assert (feed["attention_mask"] == 1).all() and (feed["token_type_ids"] == 0).all()
+    again = inputs.synthesize(specs, shapes={"batch": 2, "seq": 9}, ranges={"input_ids": (100, 200)})
+    np.testing.assert_array_equal(feed["input_ids"], again["input_ids"])  # seeded
+
+
+def test_feed_checks_name_every_mismatch():
+    specs = [TensorSpec("x", "float32", (1, 3))]
+    with pytest.raises(BushuError, match="missing x; unknown y"):
+        inputs.check_feed({"y": np.zeros((1, 3), np.float32)}, specs)
+    with pytest.raises(BushuError, match="rank 1"):
+        inputs.check_feed({"x": np.zeros(3, np.float32)}, specs)
+    with pytest.raises(BushuError, match=r"shape \(1, 4\)"):
+        inputs.check_feed({"x": np.zeros((1, 4), np.float32)}, specs)
+
+
+@pytest.mark.parametrize("bad", ["x", "x:1xA", "=3"])
+def test_bad_shape_argument(bad):
+    with pytest.raises(BushuError, match="--shape"):
+        inputs.parse_shape_args([bad])
+
+
+def test_folder_of_feeds(tmp_path):
+    specs = [TensorSpec("a", "float32", (2,)), TensorSpec("b", "int64", (1,))]
+    np.save(tmp_path / "a.npy", np.ones(2, np.float32))
+    np.save(tmp_path / "b.npy", np.array([3]))
+    (feed,) = inputs.load_feeds(tmp_path, specs)
+    assert set(feed) == {"a", "b"}
+    for i in range(3):
+        np.savez(tmp_path / f"s{i}.npz", a=np.full(2, i, np.float32), b=np.array([i]))
+    assert [int(f["b"][0]) for f in inputs.load_feeds(tmp_path, specs)] == [0, 1, 2]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(min_value=1e-6, max_value=10, allow_nan=False), min_size=1, max_size=200))
+def test_latency_quantiles_are_ordered(samples):
+    lat = Latency.from_samples(samples)
+    assert lat.min_ms <= lat.p10_ms <= lat.median_ms <= lat.p90_ms <= lat.p99_ms <= lat.max_ms
+    assert lat.repetitions == len(samples)
+
+
+def test_measure_times_each_repetition():
+    import time
+
+    lat = measure(lambda: time.sleep(0.002), warmup_s=0.01, budget_s=0.1, min_reps=5)
+    assert lat.repetitions >= 5 and 1.9 <= lat.median_ms < 50
+
+
+def test_cli_version_and_examples_in_help(cli):
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("bushu ")
+    r = cli("run", "--help")
+    assert r.returncode == 0 and "examples:" in r.stdout
+    r = cli("run", "model.onnx", "--engine", "nope")
+    assert r.returncode == 2 and "unknown engine 'nope'" in r.stderr
