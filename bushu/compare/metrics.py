@@ -157,7 +157,7 @@ def diff(a, b, *, name: str = "", tol: Tolerance = Tolerance()) -> OutputDiff:
     mean_abs = float(err.mean()) if err.size else 0.0
     big = absb > tol.atol
     max_rel = float(np.max(err[big] / absb[big], initial=0.0))
-    cosine = _cosine(fa, fb)
+    cosine = 1.0 if max_abs == 0.0 else _cosine(fa, fb)  # exact for equal arrays, where rounding could give 1 - 1e-16
     snr = _snr_db(float(np.dot(err, err)), float(np.dot(fb, fb)))
     within = bool(np.all(err <= tol.atol + tol.rtol * absb))
     passed = within and cosine >= tol.min_cosine and nonfinite_bad == 0

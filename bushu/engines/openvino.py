@@ -1,0 +1,136 @@
+"""OpenVINO (CPU).
+
+Options: ``threads`` → ``INFERENCE_NUM_THREADS``; ``opt_level``: ``all`` keeps OpenVINO's defaults (it may trade
+precision for speed where the CPU allows, e.g. bf16 on AMX), any lower level sets ``EXECUTION_MODE_HINT=ACCURACY``
+(OpenVINO has no switch for its graph transformations; this is the closest to "don't change my numbers");
+``shapes`` reshapes the given inputs before compiling; ``profile`` turns on per-layer counters.
+
+Input and output specs are the ONNX model's own (names, dtypes, symbolic dims); outputs are returned under their
+ONNX names, found among each OpenVINO output's tensor names (OpenVINO may attach several names to one port) and
+otherwise by position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import BushuError, require
+from .base import EngineOptions, ModelFile, TensorSpec, model_specs
+
+
+def _ov():
+    return require("openvino", extra="openvino", feature="the OpenVINO engine")
+
+
+def one_line(message: str) -> str:
+    """OpenVINO's multi-line conversion report as one line: the ops that failed and the first reason."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    failed = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("-- Conversion is failed for")), None)
+    node = next((f"{m.group(1)} node '{m.group(2)}'" for ln in lines
+                 if (m := re.search(r"ONNX node '<Node\((\w+)\): ([^>]*)>'", ln))), None)
+    boiler = ("Exception from", "Check ", "FrontEnd API failed", "Model wasn't fully", "Failed operations", "Summary:",
+              "While validating", "-- ", "[ ERROR ]")
+    reason = next((ln for ln in lines if not ln.startswith(boiler)), None)
+    if failed or reason:
+        parts = [f"ops that failed: {failed}" if failed else "", f"first at {node}" if node else "", reason or ""]
+        return "; ".join(p for p in parts if p)
+    return lines[-1] if lines else "unknown error"
+
+
+def _dims(shape, fallback):
+    if shape.rank.is_dynamic:
+        return fallback
+    return tuple(d.get_length() if d.is_static else None for d in shape)
+
+
+class OpenVinoSession:
+    engine = "openvino"
+
+    def __init__(self, compiled, inputs: list[TensorSpec], outputs: list[TensorSpec]):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.inputs = inputs
+        self.outputs = outputs
+        self._port = {}  # ONNX output name -> OpenVINO output port
+        ov_outputs = list(compiled.outputs)
+        for i, spec in enumerate(outputs):
+            port = next((p for p in ov_outputs if spec.name in p.get_names()), None)
+            self._port[spec.name] = port if port is not None else ov_outputs[i]
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else [o.name for o in self.outputs]
+        unknown = [n for n in names if n not in self._port]
+        if unknown:
+            raise BushuError(f"unknown output(s) {', '.join(unknown)}: the model's outputs are {', '.join(self._port)}")
+        try:
+            res = self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        except Exception as e:
+            raise BushuError(f"OpenVINO failed to run the model: {one_line(str(e))}") from None
+        # The request owns the result memory and reuses it on the next run: copy.
+        return {n: np.array(res[self._port[n]], copy=True) for n in names}
+
+    def profiling_info(self) -> list:
+        """OpenVINO's per-layer counters of the last run (needs ``EngineOptions(profile=True)``)."""
+        return list(self.request.get_profiling_info())
+
+
+class OpenVinoEngine:
+    name = "openvino"
+    extra = "openvino"
+
+    def available(self) -> bool:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def config(self, options: EngineOptions) -> dict[str, str]:
+        if options.opt_level not in ("disable", "basic", "extended", "all"):
+            raise BushuError(f"unknown optimization level '{options.opt_level}': choose disable, basic, extended or all")
+        cfg = {}
+        if options.threads:
+            cfg["INFERENCE_NUM_THREADS"] = str(options.threads)
+        if options.opt_level != "all":
+            cfg["EXECUTION_MODE_HINT"] = "ACCURACY"
+        if options.profile:
+            cfg["PERF_COUNT"] = "YES"
+        return cfg
+
+    def load(self, model: ir.Model | str, options: EngineOptions) -> OpenVinoSession:
+        ov = _ov()
+        from .. import ir as bir
+
+        m = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
+        inputs, outputs = model_specs(m)
+        core = ov.Core()
+        with ModelFile(model) as src:
+            try:
+                ov_model = core.read_model(src)
+            except Exception as e:
+                raise BushuError(f"OpenVINO could not convert the model: {one_line(str(e))}") from None
+        known = {s.name for s in inputs}
+        bad = [n for n in options.shapes if n not in known]
+        if bad:
+            raise BushuError(f"--shape names unknown input(s) {', '.join(bad)}: the inputs are {', '.join(sorted(known))}")
+        if options.shapes:
+            try:
+                ov_model.reshape({n: ov.PartialShape(list(s)) for n, s in options.shapes.items()})
+            except Exception as e:
+                raise BushuError(f"OpenVINO could not reshape the model to {dict(options.shapes)}: {one_line(str(e))}") from None
+            inputs = [dataclasses.replace(s, shape=tuple(options.shapes[s.name])) if s.name in options.shapes else s
+                      for s in inputs]
+            by_name = {o.get_any_name(): o for o in ov_model.outputs}
+            outputs = [dataclasses.replace(s, shape=_dims(by_name[s.name].get_partial_shape(), s.shape))
+                       if s.name in by_name else s for s in outputs]
+        try:
+            compiled = core.compile_model(ov_model, "CPU", self.config(options))
+        except Exception as e:
+            raise BushuError(f"OpenVINO could not compile the model: {one_line(str(e))}") from None
+        return OpenVinoSession(compiled, inputs, outputs)
