@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from ..inputs import parse_shape_args, parse_value_args
+
+HELP = "convert an ONNX model to ncnn, MNN or OpenVINO IR and verify it against ONNX Runtime"
+EXAMPLES = """\
+  bushu convert model.onnx --to openvino -o model-ov
+  bushu convert ppocr-cls --to ncnn -o cls-ncnn
+  bushu convert ppocr-rec --to ncnn --shape x:1x3x48x320 -o rec-ncnn   # ncnn fixes the bound H and W
+  bushu convert model.onnx --to mnn -o model-mnn --json
+"""
+
+
+def add_arguments(p):
+    p.add_argument("model", help="ONNX file or zoo model name (ppocr-cls, ppocr-rec, …)")
+    p.add_argument("--to", required=True, choices=["ncnn", "mnn", "openvino"], help="target format")
+    p.add_argument("-o", "--output", default=None, metavar="DIR", help="output folder (default: MODEL-TARGET)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:1x3x224x224|DIM=8",
+                   help="bind an input's shape or a symbolic dim (repeatable)")
+    p.add_argument("--value", action="append", default=[], metavar="NAME=NUMBER",
+                   help="fixed input value for the verification run (repeatable)")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with ONNX Runtime")
+    p.add_argument("--threads", type=int, default=None, help="threads for the verification run")
+    p.add_argument("--force", action="store_true", help="overwrite files already in the output folder")
+
+
+def run(args):
+    from ..convert import convert
+
+    return convert(args.model, args.to, args.output, shapes=parse_shape_args(args.shape),
+                   values=parse_value_args(args.value), verify_outputs=not args.no_verify, force=args.force,
+                   threads=args.threads)

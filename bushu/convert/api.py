@@ -1,0 +1,149 @@
+"""``bushu.convert``: an ONNX model to ncnn, MNN or OpenVINO IR, verified against ONNX Runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import onnx_ir as ir
+
+from ..compare.metrics import OutputDiff, Tolerance, diff
+from ..engines import open_session
+from ..engines.base import EngineOptions, model_specs
+from ..errors import BushuError
+from ..inputs import synthesize
+from ..results import Result, fmt_table
+from . import targets
+from .common import ConversionError
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertResult(Result):
+    """One conversion; truthy when it converted and the converted model matched ONNX Runtime."""
+
+    kind = "convert"
+    model: str
+    target: str
+    converter: str
+    out_dir: str | None
+    files: tuple[str, ...]
+    seconds: float
+    outputs: tuple[OutputDiff, ...]
+    error: str | None = None
+    unsupported: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.error is None and bool(self.outputs) and all(self.outputs)
+
+    @property
+    def verdict(self) -> str:
+        if self.error:
+            return "FAILED"
+        return "verified" if self else "MISMATCH"
+
+    def __str__(self) -> str:
+        if self.error:
+            return f"{self.model} → {self.target}: FAILED: {self.error}"
+        worst = max((o.max_abs for o in self.outputs), default=0.0)
+        return (f"{self.model} → {self.target} ({self.converter}) in {self.seconds:.1f} s: {self.verdict} against "
+                f"ONNX Runtime (max_abs {worst:.3g}); written to {self.out_dir}")
+
+    def render(self) -> str:
+        lines = [str(self)]
+        if self.outputs:
+            rows = [[o.name, "PASS" if o else "FAIL", f"{o.max_abs:.3g}", f"{o.cosine:.6f}", f"{o.snr_db:.1f}"]
+                    for o in self.outputs]
+            lines += ["", fmt_table(rows, ["output", "verdict", "max_abs", "cosine", "snr dB"])]
+        if self.files:
+            lines += ["", "files: " + ", ".join(self.files)]
+        return "\n".join(lines)
+
+
+def _session(target: str, folder: Path, m: ir.Model, shapes: dict, threads: int | None):
+    """A session over converted files (the same session classes the engines use)."""
+    ins, outs = model_specs(m)
+    if target == "ncnn":
+        from ..engines.ncnn import NcnnSession
+        from .ncnn import FILES, fixed_specs, two_shapes
+
+        return NcnnSession(folder / FILES[0], folder / FILES[1], fixed_specs(ins, *two_shapes(ins, shapes)), outs, threads)
+    if target == "mnn":
+        from ..engines.mnn import MnnSession
+        from .mnn import FILES
+
+        return MnnSession(folder / FILES[0], ins, outs, threads)
+    from .openvino import FILES, IrSession
+
+    return IrSession(folder / FILES[0], ins, outs, threads)
+
+
+def verify(target: str, folder: Path, m: ir.Model, *, shapes: dict, values: dict, seed: int = 0,
+           tol: Tolerance = Tolerance(), threads: int | None = None) -> tuple[OutputDiff, ...]:
+    """Run the converted model and ONNX Runtime on the same synthesized feed and compare every output."""
+    sess = _session(target, folder, m, shapes, threads)
+    feed = synthesize(sess.inputs, shapes=shapes, values=values, seed=seed)
+    ref = open_session(m, "ort", EngineOptions(threads=threads)).run(feed)
+    got = sess.run(feed)
+    return tuple(diff(got[name], ref[name], name=name, tol=tol) for name in ref)
+
+
+def _check_free(out_dir: Path, names: tuple[str, ...], force: bool) -> None:
+    for name in names:
+        if (out_dir / name).exists() and not force:
+            raise BushuError(f"{out_dir / name} exists: pass force=True (--force) to overwrite it or choose another "
+                             "-o folder")
+
+
+def _publish(files: list[Path], out_dir: Path) -> list[str]:
+    """Move the converted files into ``out_dir``, each by an atomic rename."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    published = []
+    for f in files:
+        os.replace(f, out_dir / f.name)
+        published.append(str(out_dir / f.name))
+    return published
+
+
+def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.PathLike | None = None, *,
+            shapes: dict | None = None, values: dict | None = None, seed: int = 0, tol: Tolerance = Tolerance(),
+            verify_outputs: bool = True, force: bool = False, threads: int | None = None) -> ConvertResult:
+    """Convert ``model`` (a path, an ``ir.Model`` or a zoo name) to ``to`` (``ncnn``, ``mnn``, ``openvino``) and
+    write the files into ``out_dir`` (default: ``<model name>-<to>`` beside the model, or the current folder).
+
+    ``shapes`` binds input shapes (ncnn fixes the non-batch dims of an input whose whole shape is bound);
+    ``values`` fixes input values for the verification feed. A converter that refuses the model gives a failed
+    result that carries its message and the unsupported ops; nothing is written then. A file already in
+    ``out_dir`` is only replaced with ``force``.
+    """
+    from ..bench.models import resolve
+
+    mod = targets.converter(to)
+    ref = resolve(model, shapes, values)
+    m, data = targets.onnx_bytes(ref.source)
+    if out_dir is None:
+        base = Path(ref.source).with_suffix("") if isinstance(ref.source, str) else Path(ref.label)
+        out_dir = Path.cwd() / f"{base.name}-{to}"
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BushuError(f"{out_dir} is a file: -o takes a folder")
+    _check_free(out_dir, mod.FILES, force)
+    specs, _ = model_specs(m)
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=".bushu-convert-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        try:
+            files = targets.convert_into(data, to, tmp, specs, ref.shapes)
+        except ConversionError as e:
+            return ConvertResult(ref.label, to, mod.version(), None, (), time.perf_counter() - t0, (),
+                                 error=str(e).split(": ", 1)[-1], unsupported=e.unsupported)
+        seconds = time.perf_counter() - t0
+        outputs = verify(to, tmp, m, shapes=ref.shapes, values=ref.values, seed=seed, tol=tol, threads=threads) \
+            if verify_outputs else ()
+        published = _publish(files, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ConvertResult(ref.label, to, mod.version(), str(out_dir), tuple(published), seconds, outputs)

@@ -1,0 +1,101 @@
+"""ONNX → ncnn through pnnx (``model.ncnn.param`` + ``model.ncnn.bin``).
+
+pnnx fixes every input shape it is given: a model converted with only ``inputshape=`` silently computes wrong
+numbers at other shapes. So both ``inputshape=`` and ``inputshape2=`` (dynamic dims doubled) are passed, which
+keeps the dynamic dims dynamic. Weights stay FP32 (``fp16=0``) so the result can be checked against ONNX Runtime.
+Ops ncnn has no layer for are left in the param file under their torch names (``Tensor.to``, ``torch.where``) or
+as unknown layers; they are reported as unsupported.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..engines.base import TensorSpec
+from ..errors import require
+from ..inputs import resolve_shape
+from .common import ConversionError, last_lines
+
+FILES = ("model.ncnn.param", "model.ncnn.bin")
+_DTYPES = {"float32": "f32", "float64": "f64", "float16": "f16", "int32": "i32", "int64": "i64", "int8": "i8",
+           "uint8": "u8", "bool": "u8"}
+
+
+def version() -> str:
+    from importlib import metadata
+
+    return f"pnnx {metadata.version('pnnx')}"
+
+
+def _arg(specs: Sequence[TensorSpec], shapes: list[tuple[int, ...]]) -> str:
+    return ",".join(f"[{','.join(map(str, s))}]{_DTYPES.get(spec.dtype, 'f32')}" for spec, s in zip(specs, shapes))
+
+
+def two_shapes(specs: Sequence[TensorSpec], shapes: Mapping | None) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]] | None]:
+    """The two shapes per input given to pnnx (``inputshape=`` and ``inputshape2=``).
+
+    ncnn has no batch dim (a batch runs item by item), so the batch is 1 in both. The first shape is the bound
+    shape (:func:`bushu.inputs.resolve_shape`); the second doubles the other dynamic dims, unless the caller bound
+    the input's whole shape: then they are fixed at the bound values (PP-OCR rec only works at its one height, and
+    pnnx crashes on it when the batch varies). ``None`` when nothing stays dynamic.
+    """
+    shapes = shapes or {}
+    first = [(1, *resolve_shape(s, shapes)[1:]) if s.shape else resolve_shape(s, shapes) for s in specs]
+    second = []
+    dynamic = False
+    for spec, shape in zip(specs, first):
+        dims = list(shape)
+        whole = isinstance(shapes.get(spec.name), tuple)
+        for i, d in enumerate(spec.shape or ()):
+            if i > 0 and not (isinstance(d, int) and d >= 0) and not whole:
+                dims[i] = shape[i] * 2
+                dynamic = True
+        second.append(tuple(dims))
+    return first, (second if dynamic else None)
+
+
+def fixed_specs(specs: Sequence[TensorSpec], first, second) -> list[TensorSpec]:
+    """``specs`` with the dims a shape-fixing converter fixed (equal in both shapes) made static."""
+    out = []
+    for spec, a, b in zip(specs, first, second or first):
+        dims = tuple(x if x == y and i > 0 else (spec.shape[i] if spec.shape else None) for i, (x, y) in enumerate(zip(a, b)))
+        out.append(TensorSpec(spec.name, spec.dtype, dims))
+    return out
+
+
+def unsupported_layers(param: Path) -> list[str]:
+    """Layer types in an ncnn param file that this ncnn build cannot create."""
+    ncnn = require("ncnn", extra="ncnn", feature="the ncnn engine")
+    bad = []
+    for line in param.read_text().splitlines()[2:]:
+        kind = line.split(maxsplit=1)[0] if line.strip() else ""
+        if kind and ncnn.layer_to_index(kind) < 0 and kind not in bad:
+            bad.append(kind)
+    return bad
+
+
+def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes: Mapping | None = None) -> list[Path]:
+    """Convert ``onnx_path`` into ``out_dir`` (see the module docstring); raises :class:`ConversionError`."""
+    pnnx = require("pnnx", extra="ncnn", feature="conversion to ncnn")
+    first, second = two_shapes(specs, shapes)
+    work = out_dir.resolve() / "pnnx-work"
+    work.mkdir()
+    src = work / "model.onnx"
+    shutil.copyfile(onnx_path, src)
+    cmd = [pnnx.EXEC_PATH, str(src), f"inputshape={_arg(specs, first)}", "fp16=0", "device=cpu",
+           f"ncnnparam={work.parent / FILES[0]}", f"ncnnbin={work.parent / FILES[1]}"]
+    if second is not None:
+        cmd.append(f"inputshape2={_arg(specs, second)}")
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    log = proc.stdout + proc.stderr
+    shutil.rmtree(work, ignore_errors=True)
+    param = out_dir / FILES[0]
+    if proc.returncode != 0 or not param.is_file() or not (out_dir / FILES[1]).is_file():
+        raise ConversionError("ncnn", f"pnnx exited with {proc.returncode}: {last_lines(log, 2)}", log=log)
+    bad = unsupported_layers(param)
+    if bad:
+        raise ConversionError("ncnn", "pnnx left layers ncnn cannot run", bad, log=log)
+    return [out_dir / f for f in FILES]

@@ -1,0 +1,94 @@
+"""ncnn (Tencent's mobile inference engine), running an ONNX model converted by pnnx behind the scenes.
+
+The conversion is cached by the model's content (:mod:`bushu.convert.cache`). ncnn has no batch dimension: a
+batch is run item by item, and each output gets its batch dim back. Inputs and outputs are matched by position
+(pnnx names them ``in0, in1…`` / ``out0, out1…`` in the ONNX graph's order). FP16 storage and arithmetic are off,
+so results are comparable with ONNX Runtime's FP32. pnnx fixes the dims it saw at one value (see
+:func:`bushu.convert.ncnn.two_shapes`); the session's input specs show them as static and a feed that differs
+there is refused rather than answered with wrong numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import BushuError, require
+from .base import EngineOptions, TensorSpec, model_specs
+
+
+class NcnnSession:
+    engine = "ncnn"
+
+    def __init__(self, param: Path, weights: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                 threads: int | None = None):
+        ncnn = require("ncnn", extra="ncnn", feature="the ncnn engine")
+        self._ncnn = ncnn
+        self.inputs, self.outputs = list(inputs), list(outputs)
+        net = ncnn.Net()
+        for flag in ("use_fp16_storage", "use_fp16_arithmetic", "use_fp16_packed", "use_bf16_storage"):
+            setattr(net.opt, flag, False)
+        net.opt.num_threads = threads or os.cpu_count() or 1
+        if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
+            raise BushuError(f"ncnn could not load {param}: convert again with bushu convert MODEL --to ncnn")
+        self._net = net
+        self._in_names, self._out_names = list(net.input_names()), list(net.output_names())
+        if len(self._in_names) != len(self.inputs) or len(self._out_names) != len(self.outputs):
+            raise BushuError(f"{param} has {len(self._in_names)} inputs/{len(self._out_names)} outputs but the ONNX "
+                             f"model {len(self.inputs)}/{len(self.outputs)}: the conversion dropped some")
+
+    def _restore(self, spec: TensorSpec, items: list[np.ndarray]) -> np.ndarray:
+        out = np.stack(items)
+        rest = spec.shape[1:] if spec.shape else None
+        # ncnn drops size-1 dims in places; the ONNX rank (and static dims) say where they were
+        if rest is not None and out.ndim != len(rest) + 1 and all(isinstance(d, int) for d in rest):
+            out = out.reshape(out.shape[0], *rest)
+        return out
+
+    def _check(self, spec: TensorSpec, a: np.ndarray) -> None:
+        for i, (got, want) in enumerate(zip(a.shape, spec.shape or ())):
+            if i > 0 and isinstance(want, int) and got != want:
+                raise BushuError(f"the ncnn model was converted for {spec} but got {spec.name} of shape {a.shape}: "
+                                 f"pass shapes={{'{spec.name}': {a.shape}}} (--shape) to convert it for that shape")
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        arrays = [np.asarray(feeds[s.name]) for s in self.inputs]
+        for spec, a in zip(self.inputs, arrays):
+            self._check(spec, a)
+        batch = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
+        per_item: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for b in range(batch):
+            with self._net.create_extractor() as ex:
+                for name, a in zip(self._in_names, arrays):
+                    ex.input(name, self._ncnn.Mat(np.ascontiguousarray(a[b], dtype=np.float32)).clone())
+                for j, name in enumerate(self._out_names):
+                    ret, mat = ex.extract(name)
+                    if ret != 0:
+                        raise BushuError(f"ncnn failed to run the model (extract {name} returned {ret})")
+                    per_item[j].append(np.array(mat, copy=True))
+        result = {spec.name: self._restore(spec, items) for spec, items in zip(self.outputs, per_item)}
+        wanted = list(outputs) if outputs is not None else [o.name for o in self.outputs]
+        return {n: result[n] for n in wanted}
+
+
+class NcnnEngine:
+    name = "ncnn"
+    extra = "ncnn"
+
+    def available(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("ncnn") is not None and importlib.util.find_spec("pnnx") is not None
+
+    def load(self, model: ir.Model | str, options: EngineOptions) -> NcnnSession:
+        from ..convert.ncnn import FILES, fixed_specs, two_shapes
+        from ..convert.targets import cached
+
+        folder, m = cached(model, "ncnn", options.shapes)
+        ins, outs = model_specs(m)
+        ins = fixed_specs(ins, *two_shapes(ins, options.shapes))
+        return NcnnSession(folder / FILES[0], folder / FILES[1], ins, outs, options.threads)
