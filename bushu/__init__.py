@@ -14,6 +14,8 @@ Submodules are imported on first use, so ``import bushu`` stays cheap.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -49,6 +51,17 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'bushu' has no attribute '{name}'")
 
+
+class _Facade(types.ModuleType):
+    # Importing a submodule (bushu.convert) makes Python set it as an attribute of this package, which would hide
+    # the function of the same name (bushu.convert()) from __getattr__ for good: keep those names for the API.
+    def __setattr__(self, name: str, value) -> None:
+        if name in _API and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Facade
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engines import open_session
