@@ -1,0 +1,153 @@
+"""``bushu.optimize``: graph passes and fusions to standard ONNX, each verified on ONNX Runtime.
+
+The pipeline (:mod:`.pipeline`) is a list of pass names (:mod:`.registry`). With ``verify="each"`` every pass runs
+on a structural copy of the model that shares its weights (``ir.Model.clone``: nodes and values are new, tensors
+are not copied); the copy replaces the model only when its outputs match the original's (:mod:`.verify`), else the
+pass is rolled back, named with the first divergent node, and the pipeline goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import onnx
+import onnx_ir as ir
+
+from .. import engines
+from .. import ir as bir
+from ..compare.metrics import Tolerance
+from ..engines.base import EngineOptions
+from ..errors import BushuError
+from ..progress import progress
+from ..timing import Latency, measure
+from . import pipeline, registry
+from .registry import FOLD_SIZE_LIMIT, PassContext, PassOptions
+from .result import OptimizeResult, Step, initializer_bytes, op_counts
+from .tidy import tidy
+from .verify import DEFAULT_TOL, Verifier, first_divergent_node, make_feeds
+
+__all__ = ["optimize", "OptimizeResult", "check_model"]
+
+VERIFY_EACH_LIMIT = 1 << 30  # bytes of weights; above it each pass would cost a full ORT load, so verify at the end
+
+
+def check_model(model: ir.Model) -> str | None:
+    """``onnx.checker`` full check (types and shapes too); the first line of its complaint, or None."""
+    import tempfile
+
+    try:
+        if bir.weight_bytes(model) < bir.EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(bir.to_proto(model), full_check=True)
+        else:  # the checker reads a model over 2 GB only from a path
+            with tempfile.TemporaryDirectory(prefix="bushu-check-") as d:
+                path = bir.save(model, os.path.join(d, "model.onnx"), external_data=True, force=True)
+                onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # the checker raises ValidationError, InferenceError or others by version
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
+def _latency(model: ir.Model, feed) -> Latency:
+    sess = engines.open_session(model, "ort", EngineOptions(opt_level="all", threads=2))
+    names = {s.name for s in sess.inputs}
+    feed = {k: v for k, v in feed.items() if k in names}
+    return measure(lambda: sess.run(feed), warmup_s=0.2, budget_s=1.0)
+
+
+def _run_step(name: str, work: ir.Model, ctx: PassContext, verifier: Verifier | None, feeds) -> tuple[ir.Model, Step]:
+    info = registry.get(name)
+    t0 = time.perf_counter()
+    if verifier is None:
+        count = info.run(work, ctx)
+        return work, Step(name, count, time.perf_counter() - t0, "kept" if count else "unchanged")
+    candidate = work.clone()
+    try:
+        count = info.run(candidate, ctx)
+    except Exception as e:  # a pass bug must not lose the user's model: roll it back and say so
+        return work, Step(name, 0, time.perf_counter() - t0, "crashed", f"{type(e).__name__}: {e}")
+    if not count:
+        return work, Step(name, 0, time.perf_counter() - t0, "unchanged")
+    failure = verifier.check(candidate)
+    if failure is None:
+        return candidate, Step(name, count, time.perf_counter() - t0, "kept")
+    where = first_divergent_node(work, candidate, feeds[0], verifier.tol) if failure.output else None
+    return work, Step(name, count, time.perf_counter() - t0, "rolled back", failure.reason, where)
+
+
+def optimize(
+    model: ir.Model | str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    level: str = "extended",
+    passes: str | list[str] | None = None,
+    skip: str | list[str] | None = None,
+    verify: str | None = None,
+    opset: int | None = None,
+    inputs=None,
+    samples: int = 3,
+    tol: Tolerance = DEFAULT_TOL,
+    fold_size_limit: int = FOLD_SIZE_LIMIT,
+    allow_invalid: bool = False,
+    latency: bool = True,
+    force: bool = False,
+    show_progress: bool = True,
+    **synth,
+) -> tuple[ir.Model, OptimizeResult]:
+    """Optimize ``model`` (an ``ir.Model``, left unchanged, or a path) and return ``(optimized, result)``.
+
+    ``level``: ``basic`` (clean-up), ``extended`` (+ folds into weights and fusions, the default) or ``all``
+    (+ MatMul+Add → Gemm); ``passes`` replaces the level's list, ``skip`` removes names from it. ``verify``:
+    ``each`` (default for weights under 1 GB), ``end`` or ``off``; verification feeds are ``inputs`` (a .npy/.npz
+    path or folder, a feed, a list of feeds) or ``samples`` synthesized ones (``synth``: keywords of
+    :func:`bushu.inputs.synthesize`). ``opset`` converts the model first (the fusions need 17/20/23).
+    ``latency`` measures ONNX Runtime (all optimizations, 2 threads) before and after. ``output`` saves the result
+    atomically (refusing to overwrite the input without ``force``).
+    """
+    t_start = time.perf_counter()
+    src = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
+    name = str(src.meta.get("bushu.path") or src.graph.name or "model")
+    names = pipeline.select(level, passes, skip)
+    verify = verify or ("each" if bir.weight_bytes(src) < VERIFY_EACH_LIMIT else "end")
+    if verify not in ("each", "end", "off"):
+        raise BushuError(f"unknown --verify '{verify}': choose each, end or off")
+    invalid = check_model(src)
+    if invalid and not allow_invalid:
+        raise BushuError(f"{name} fails onnx.checker ({invalid}): fix the model, or pass --allow-invalid to "
+                         "optimize it anyway")
+    feeds = make_feeds(src, inputs, samples, **synth) if (verify != "off" or latency) else []
+    verifier = Verifier(src, feeds, tol) if verify != "off" else None
+    work = src.clone()
+    work.meta.update({k: v for k, v in src.meta.items() if k != "bushu.path"})
+    opset_before = src.opset_imports.get("", 1)
+    if opset is not None and opset != opset_before:
+        work = bir.convert_opset(work, opset)
+        failure = verifier.check(work) if verifier else None
+        if failure:
+            raise BushuError(f"converting to opset {opset} changed the outputs ({failure.reason}): keep the "
+                             "model's opset")
+    ctx = PassContext(PassOptions(fold_size_limit=fold_size_limit))
+    steps = []
+    for pass_name in progress(names, total=len(names), desc="optimize", enabled=show_progress):
+        work, step = _run_step(pass_name, work, ctx, verifier if verify == "each" else None, feeds)
+        steps.append(step)
+    tidy(work)
+    verify_error = None
+    if verifier is not None:
+        failure = verifier.check(work)
+        verify_error = failure.reason if failure else None
+    checker_error = check_model(work) if not invalid else None
+    lat_before = _latency(src, feeds[0]) if latency else None
+    lat_after = _latency(work, feeds[0]) if latency else None
+    if output is not None:
+        bir.save(work, output, force=force)
+    result = OptimizeResult(
+        model=name, output=str(output) if output is not None else None, level=level if not passes else "custom",
+        verify=verify, opset_before=opset_before, opset_after=work.opset_imports.get("", 1),
+        nodes_before=op_counts(src), nodes_after=op_counts(work), initializer_bytes_before=initializer_bytes(src),
+        initializer_bytes_after=initializer_bytes(work), steps=tuple(steps),
+        notes=tuple(f"{t} (x{n})" if n > 1 else t for t, n in sorted(ctx.notes.items())),
+        checker_error=checker_error, verify_error=verify_error, latency_before=lat_before, latency_after=lat_after,
+        seconds=time.perf_counter() - t_start,
+    )
+    return work, result

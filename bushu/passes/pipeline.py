@@ -1,0 +1,71 @@
+"""Pipelines: plain ordered lists of pass names, and the names a user's ``--level/--passes/--skip`` select.
+
+A name may appear more than once: a clean-up after the folds and fusions removes what they left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import BushuError
+from . import registry
+
+CLEANUP = [
+    "shape-inference",
+    "fold-constants",
+    "eliminate-no-ops",
+    "eliminate-no-op-shapes",
+    "dead-code",
+    "cse",
+    # NOTE: after CSE, which merges small equal Constant nodes first; lifted constants are then de-duplicated.
+    "lift-constants",
+    "dedup-initializers",
+]
+
+FOLDS = [
+    # NOTE: after lift-constants: the folds need weights and BatchNorm statistics as initializers.
+    "fold-batchnorm",
+    "fold-conv-affine",
+    "fold-pad",
+    "reshape-chain",
+]
+
+FUSIONS = [
+    # NOTE: fuse-softplus before fuse-mish, whose pattern starts from the Softplus the first one writes.
+    "fuse-softplus",
+    "fuse-mish",
+    "fuse-hardswish",
+    "fuse-gelu",
+    "fuse-layernorm",
+    "fuse-rmsnorm",
+    "fuse-softmax",
+]
+
+LEVELS: dict[str, list[str]] = {
+    "basic": CLEANUP,
+    "extended": [*CLEANUP, *FOLDS, *FUSIONS, "fold-constants", "dead-code"],
+    # NOTE: matmul-to-gemm last: a Gemm hides the MatMul+Add a LayerNorm/attention pattern would start from.
+    "all": [*CLEANUP, *FOLDS, *FUSIONS, "matmul-to-gemm", "fold-constants", "eliminate-no-ops", "dead-code", "cse",
+            "dedup-initializers"],
+}
+
+
+def _split(names: str | Sequence[str] | None) -> list[str]:
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = names.split(",")
+    return [n.strip() for n in names if n.strip()]
+
+
+def select(level: str = "extended", passes: str | Sequence[str] | None = None,
+           skip: str | Sequence[str] | None = None) -> list[str]:
+    """The pass names to run: ``passes`` when given (in that order), else the level's pipeline, minus ``skip``.
+    Unknown names raise a :class:`BushuError` that lists the known ones."""
+    if level not in LEVELS:
+        raise BushuError(f"unknown level '{level}': choose one of {', '.join(LEVELS)}")
+    chosen = _split(passes) or list(LEVELS[level])
+    skipped = set(_split(skip))
+    for name in [*chosen, *skipped]:
+        registry.get(name)
+    return [n for n in chosen if n not in skipped]

@@ -1,0 +1,120 @@
+"""Check a rewritten model against the original on ONNX Runtime, and name where a bad rewrite diverges.
+
+:class:`Verifier` runs the original once per feed and keeps its outputs; :meth:`Verifier.check` runs a candidate on
+the same feeds and compares every graph output (:func:`bushu.compare.metrics.diff`). The runs use ONNX Runtime
+with its own graph optimizations off, so what is compared is the graph as written, not ORT's rewrite of it.
+:func:`first_divergent_node` exposes intermediate tensors on both sides (:mod:`bushu.compare.layerwise`) to name the
+node where a rejected rewrite starts to differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from .. import engines
+from ..compare import layerwise
+from ..compare.metrics import Tolerance, diff
+from ..engines.base import EngineOptions
+from ..errors import BushuError
+from ..inputs import Feed, check_feed, load_feeds, synthesize_many
+
+# Rewrites in FP32 reorder sums and fold constants in float64 before rounding: ~1e-6 relative. 1e-4 leaves room
+# for deep nets while a pass that changes a weight by 0.1 % still fails.
+DEFAULT_TOL = Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.9999)
+_RUN_OPTIONS = EngineOptions(opt_level="disable", threads=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """Why a candidate was refused: the output that differs (with its metrics), or the engine error."""
+
+    reason: str
+    output: str | None = None
+
+
+def zoo_defaults(path: str | os.PathLike | None) -> tuple[dict, dict]:
+    """(shapes, values) the zoo records for the model at ``path`` (e.g. silero VAD's ``sr``), else empty."""
+    if path is None:
+        return {}, {}
+    from .. import zoo
+
+    target = os.path.realpath(path)
+    for name, m in zoo.MODELS.items():
+        try:
+            if os.path.realpath(zoo.path(name)) == target:
+                return dict(m.shapes), dict(m.values)
+        except BushuError:
+            continue
+    return {}, {}
+
+
+def make_feeds(model: ir.Model, inputs=None, samples: int = 3, **synth) -> list[Feed]:
+    """The feeds to verify with: ``inputs`` (a path, one feed or a list of feeds), else ``samples`` synthesized
+    ones, with the zoo's extra shapes/values for a zoo model unless ``synth`` overrides them."""
+    specs, _ = engines.model_specs(model)
+    if inputs is not None:
+        if isinstance(inputs, (str, os.PathLike)):
+            feeds = load_feeds(inputs, specs)
+        elif isinstance(inputs, Mapping):
+            feeds = [dict(inputs)]
+        else:
+            feeds = [dict(f) for f in inputs]
+        for f in feeds:
+            check_feed(f, specs, source="inputs")
+        return feeds
+    shapes, values = zoo_defaults(model.meta.get("bushu.path"))
+    synth = dict(synth)
+    synth["shapes"] = {**shapes, **(synth.get("shapes") or {})}
+    synth["values"] = {**values, **(synth.get("values") or {})}
+    return synthesize_many(specs, samples, **synth)
+
+
+def run_ort(model: ir.Model, feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
+    sess = engines.open_session(model, "ort", _RUN_OPTIONS)
+    names = {s.name for s in sess.inputs}
+    return [sess.run({k: v for k, v in f.items() if k in names}) for f in feeds]
+
+
+class Verifier:
+    def __init__(self, original: ir.Model, feeds: Sequence[Feed], tol: Tolerance = DEFAULT_TOL):
+        self.feeds = list(feeds)
+        self.tol = tol
+        self.reference = run_ort(original, self.feeds)
+
+    def check(self, candidate: ir.Model) -> Failure | None:
+        """None when ``candidate`` runs and every output of every feed is within tolerance of the original."""
+        try:
+            outs = run_ort(candidate, self.feeds)
+        except BushuError as e:
+            return Failure(str(e))
+        for ref, got in zip(self.reference, outs):
+            for name, expected in ref.items():
+                if name not in got:
+                    return Failure(f"output '{name}' is gone", name)
+                d = diff(got[name], expected, name=name, tol=self.tol)
+                if not d:
+                    return Failure(str(d), name)
+        return None
+
+
+def first_divergent_node(before: ir.Model, after: ir.Model, feed: Feed, tol: Tolerance = DEFAULT_TOL) -> str | None:
+    """The node of ``after`` where it starts to differ from ``before`` on ``feed``, as text, or None when the
+    intermediate tensors can't tell (a difference inside a subgraph, or ORT can't run the exposed copy)."""
+    try:
+        a, b = layerwise.expose(after), layerwise.expose(before)
+        common = [n for n in a.tensors if n in set(b.tensors)]
+        got, ref = run_ort(a.model, [feed])[0], run_ort(b.model, [feed])[0]
+    except BushuError:
+        return None
+    passed = {}
+    for name in common:
+        expected = ref[name]
+        scale = float(np.max(np.abs(expected), initial=0.0)) if expected.dtype.kind == "f" else 1.0
+        passed[name] = bool(diff(got[name], expected, name=name, tol=tol.scaled(scale)))
+    found = layerwise.first_divergence(a.model.graph, passed)
+    return None if found is None else str(found)
