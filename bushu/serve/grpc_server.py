@@ -1,0 +1,185 @@
+"""KServe v2 ``GRPCInferenceService`` over the same models, with the stubs generated in ``tritonclient[grpc]``.
+
+Tensors travel as ``raw_input_contents``/``raw_output_contents`` (what ``tritonclient.grpc`` sends and reads) or as
+typed ``contents``. Errors map onto gRPC status codes from the HTTP status the service raised.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from ..errors import BushuError
+from . import service
+from .manager import ModelManager
+from .protocol import DATATYPES, InferRequest, ProtocolError, RequestedOutput, datatype_of, deserialize_bytes, serialize_bytes
+
+log = logging.getLogger("bushu.serve")
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+             "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+
+
+def _param(p):
+    kind = p.WhichOneof("parameter_choice")
+    return getattr(p, kind) if kind else None
+
+
+def decode(request) -> InferRequest:
+    """A ``ModelInferRequest`` as an :class:`InferRequest` (raw contents as zero-copy views)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ProtocolError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: send one per input")
+    inputs = {}
+    for i, t in enumerate(request.inputs):
+        if t.datatype not in DATATYPES:
+            raise ProtocolError(f"input '{t.name}': unknown datatype {t.datatype!r}: use one of {', '.join(DATATYPES)}")
+        dt, shape = DATATYPES[t.datatype], tuple(t.shape)
+        if any(d < 0 for d in shape):
+            raise ProtocolError(f"input '{t.name}': shape {list(shape)} has a negative dimension")
+        count = int(np.prod(shape, dtype=np.int64))
+        if raw:
+            if t.datatype == "BYTES":
+                arr = deserialize_bytes(raw[i], count, t.name)
+            else:
+                if len(raw[i]) != count * dt.itemsize:
+                    raise ProtocolError(f"input '{t.name}': {len(raw[i])} raw bytes but {t.datatype}{list(shape)} "
+                                        f"needs {count * dt.itemsize}")
+                arr = np.frombuffer(raw[i], dtype=dt)
+        else:
+            field = _CONTENTS.get(t.datatype)
+            if field is None:
+                raise ProtocolError(f"input '{t.name}': {t.datatype} can only be sent as raw_input_contents")
+            values = list(getattr(t.contents, field))
+            if len(values) != count:
+                raise ProtocolError(f"input '{t.name}': {len(values)} values but shape {list(shape)} needs {count}")
+            arr = np.array(values, dtype=dt)
+        inputs[t.name] = arr.reshape(shape)
+    outputs = None
+    if request.outputs:
+        outputs = []
+        for o in request.outputs:
+            key = "classification" if "classification" in o.parameters else "class_count"
+            cc = _param(o.parameters[key]) if key in o.parameters else 0
+            outputs.append(RequestedOutput(o.name, True, int(cc or 0)))
+    params = {k: _param(v) for k, v in request.parameters.items()}
+    return InferRequest(inputs, outputs, request.id, params)
+
+
+_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+          405: "UNIMPLEMENTED", 413: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
+
+
+class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The ``GRPCInferenceService`` methods (async; grpc.aio); the rest answer UNIMPLEMENTED."""
+
+    def __init__(self, manager: ModelManager, *, model_control: bool, token: str | None):
+        self.m = manager
+        self.model_control = model_control
+        self.token = token
+        self.pb2 = service_pb2
+
+    async def _call(self, context, fn, *args):
+        try:
+            return await fn(*args)
+        except ProtocolError as e:
+            await context.abort(getattr(grpc.StatusCode, _CODES.get(e.status, "INTERNAL")), str(e))
+        except BushuError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Exception as e:
+            log.exception("bushu serve: internal error (gRPC)")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+    async def ServerLive(self, request, context):
+        return self.pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return self.pb2.ServerReadyResponse(ready=self.m.ready())
+
+    async def ModelReady(self, request, context):
+        try:
+            self.m.get(request.name, request.version)
+            return self.pb2.ModelReadyResponse(ready=True)
+        except ProtocolError:
+            return self.pb2.ModelReadyResponse(ready=False)
+
+    async def ServerMetadata(self, request, context):
+        return self.pb2.ServerMetadataResponse(**service.server_metadata())
+
+    async def ModelMetadata(self, request, context):
+        async def go():
+            md = self.m.get(request.name, request.version).model.metadata()
+            T = self.pb2.ModelMetadataResponse.TensorMetadata
+            return self.pb2.ModelMetadataResponse(
+                name=md["name"], versions=md["versions"], platform=md["platform"],
+                inputs=[T(**t) for t in md["inputs"]], outputs=[T(**t) for t in md["outputs"]])
+        return await self._call(context, go)
+
+    async def ModelConfig(self, request, context):
+        async def go():
+            return self.pb2.ModelConfigResponse(config=self.m.get(request.name, request.version).model.config)
+        return await self._call(context, go)
+
+    async def ModelStatistics(self, request, context):
+        from google.protobuf import json_format
+
+        async def go():
+            stats = service.model_stats(self.m, request.name, request.version)
+            return json_format.ParseDict(stats, self.pb2.ModelStatisticsResponse())
+        return await self._call(context, go)
+
+    async def ModelInfer(self, request, context):
+        async def go():
+            req = decode(request)
+            res = await service.infer(self.m, request.model_name, request.model_version, req)
+            out = self.pb2.ModelInferResponse(model_name=res.model, model_version=res.version, id=request.id)
+            for name, arr in res.outputs.items():
+                dt = datatype_of(arr.dtype)
+                out.outputs.add(name=name, datatype=dt, shape=list(arr.shape))
+                out.raw_output_contents.append(serialize_bytes(arr) if dt == "BYTES" else np.ascontiguousarray(arr).tobytes())
+            return out
+        return await self._call(context, go)
+
+    async def RepositoryIndex(self, request, context):
+        M = self.pb2.RepositoryIndexResponse.ModelIndex
+        return self.pb2.RepositoryIndexResponse(models=[M(**m) for m in self.m.index()])
+
+    def _authorize(self, context) -> None:
+        if not self.model_control:
+            raise ProtocolError("repository load/unload is off: start the server with --allow-model-control", 403)
+        if self.token:
+            auth = dict(context.invocation_metadata()).get("authorization", "")
+            if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
+                raise ProtocolError("repository load/unload needs 'authorization: Bearer <token>' metadata", 401)
+
+    async def RepositoryModelLoad(self, request, context):
+        async def go():
+            self._authorize(context)
+            await self.m.load(request.model_name)
+            return self.pb2.RepositoryModelLoadResponse()
+        return await self._call(context, go)
+
+    async def RepositoryModelUnload(self, request, context):
+        async def go():
+            self._authorize(context)
+            await self.m.unload(request.model_name)
+            return self.pb2.RepositoryModelUnloadResponse()
+        return await self._call(context, go)
+
+
+async def start(manager: ModelManager, host: str, port: int, *, model_control: bool, token: str | None,
+                max_message_bytes: int):
+    """Start the gRPC server on the running loop; returns ``(server, bound port)``."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", max_message_bytes)])
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(manager, model_control=model_control, token=token),
+                                                       server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if not bound and port:
+        raise BushuError(f"can't listen for gRPC on {host}:{port}: pick another --grpc-port")
+    await server.start()
+    return server, bound

@@ -1,0 +1,118 @@
+"""Triton's sequence extension with implicit state: the server keeps a stateful model's state between requests.
+
+Each request carries ``sequence_id`` and the ``sequence_start``/``sequence_end`` flags. For every
+``sequence_batching.state`` entry of the config (for silero VAD: input ``state``, output ``stateN``) the server feeds
+the sequence's current state, and keeps the state output for the next request of the sequence; the client never
+sends or sees it. A start flag (re)initialises the state (zeros, or ``initial_state``), an end flag frees it, and a
+sequence idle for ``max_sequence_idle_microseconds`` (Triton's default: 1 s) is freed too. Requests of one sequence
+run in order; different sequences run concurrently, up to the instance count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .batcher import Unavailable
+from .config import datatype
+from .model import ModelVersion, Timing
+from .protocol import DATATYPES, InferRequest, ProtocolError
+from .stats import ModelStats
+
+
+@dataclasses.dataclass(eq=False)
+class _Sequence:
+    state: dict[str, np.ndarray]
+    lock: asyncio.Lock
+    last_used: float
+
+
+class Sequencer:
+    """The scheduler of a stateful model version; ``await submit(request, 1)`` returns its outputs."""
+
+    def __init__(self, model: ModelVersion, stats: ModelStats, *, max_sequences: int = 1024):
+        self.model, self.stats = model, stats
+        sb = model.config.sequence_batching
+        self._pairs = [(s.input_name, s.output_name) for s in sb.state]
+        self._initial = {s.input_name: self._initial_state(s) for s in sb.state}
+        self.idle_s = (sb.max_sequence_idle_microseconds or 1_000_000) / 1e6
+        self.max_sequences = max_sequences
+        self.sequences: dict[object, _Sequence] = {}
+        n = len(model.sessions)
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(n):
+            self._free.put_nowait(i)
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"bushu-{model.name}")
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    @staticmethod
+    def _initial_state(s) -> np.ndarray:
+        dtype = DATATYPES[datatype(s.data_type)]
+        dims = [d if d > 0 else 1 for d in s.dims]
+        for init in s.initial_state:
+            if init.data_file:
+                raise ProtocolError("initial_state.data_file is not supported: use zero_data")
+        return np.zeros(dims, dtype=dtype)
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(1 for s in self.sequences.values() if s.lock.locked())
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_s / 2))
+            cutoff = time.monotonic() - self.idle_s
+            for sid in [k for k, s in self.sequences.items() if s.last_used < cutoff and not s.lock.locked()]:
+                del self.sequences[sid]
+
+    async def submit(self, req: InferRequest, batch_size: int = 1) -> dict:
+        p = req.parameters
+        sid = p.get("sequence_id")
+        if sid in (None, 0, ""):
+            raise ProtocolError(f"model '{self.model.name}' is stateful: send a sequence_id, with sequence_start "
+                                "on the first request and sequence_end on the last")
+        seq = self.sequences.get(sid)
+        if p.get("sequence_start"):
+            if seq is None:
+                if len(self.sequences) >= self.max_sequences:
+                    raise Unavailable(f"model '{self.model.name}' already tracks {self.max_sequences} sequences: "
+                                      "end some (sequence_end) or retry later")
+                seq = self.sequences[sid] = _Sequence({}, asyncio.Lock(), time.monotonic())
+        elif seq is None:
+            raise ProtocolError(f"sequence {sid} of model '{self.model.name}' is not active (never started, ended, "
+                                f"or idle for over {self.idle_s:g} s): send sequence_start=true first")
+        t_enq = time.perf_counter_ns()
+        async with seq.lock:
+            if p.get("sequence_start"):
+                seq.state = {k: v.copy() for k, v in self._initial.items()}
+            instance = await self._free.get()
+            t_start = time.perf_counter_ns()
+            timing = Timing()
+            run_req = InferRequest({**req.inputs, **seq.state}, req.outputs, req.id, req.parameters)
+            try:
+                (res,) = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self.model.execute, [run_req], instance, timing)
+            finally:
+                self._free.put_nowait(instance)
+            self.stats.execution(batch_size, timing, 1)
+            self.stats.request(not isinstance(res, BaseException), time.perf_counter_ns() - t_enq, t_start - t_enq)
+            if isinstance(res, BaseException):
+                raise ProtocolError(f"the engine rejected the request: {res}")
+            seq.state = {i: res.pop(o) for i, o in self._pairs}
+            seq.last_used = time.monotonic()
+            if p.get("sequence_end"):
+                self.sequences.pop(sid, None)
+        return res
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Let running requests finish, then free every sequence."""
+        self._reaper.cancel()
+        deadline = time.monotonic() + timeout_s
+        while any(s.lock.locked() for s in self.sequences.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.sequences.clear()
+        self._pool.shutdown(wait=False)
