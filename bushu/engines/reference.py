@@ -25,6 +25,19 @@ from .base import EngineOptions, model_specs
 MAX_WEIGHT_BYTES = 64 * 2**20
 
 
+def weight_bytes(model: ir.Model) -> int:
+    """Bytes of initializers and of ``Constant`` node tensors (some exporters, e.g. Paddle2ONNX, store every weight
+    as a Constant), in all graphs."""
+    total = 0
+    for g in [model.graph, *model.graph.subgraphs()]:
+        total += sum(v.const_value.nbytes for v in g.initializers.values() if v.const_value is not None)
+        for node in g:
+            attr = node.attributes.get("value") if node.op_type == "Constant" else None
+            if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                total += attr.as_tensor().nbytes
+    return total
+
+
 def _batch_norm_op():
     from onnx.reference.op_run import OpRun
     from onnx.reference.ops.op_batch_normalization import _batchnorm_test_mode
@@ -77,7 +90,7 @@ class ReferenceEngine:
         from .. import ir as bir
 
         m = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
-        size = bir.weight_bytes(m)
+        size = weight_bytes(m)
         if size > self.max_weight_bytes:
             raise BushuError(
                 f"the reference engine is for small models (up to {human_bytes(self.max_weight_bytes)} of weights) and "

@@ -1,0 +1,98 @@
+"""The OpenVINO and reference engines on the real models, against ONNX Runtime."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import bushu.zoo as zoo
+from bushu.compare import Tolerance, compare, diff
+from bushu.engines import open_session
+from bushu.engines.reference import ReferenceEngine
+from bushu.errors import BushuError, MissingExtraError
+from bushu.inputs import synthesize
+
+
+@pytest.mark.parametrize("name", ["ppocr-rec", "ppocr-cls"])
+def test_openvino_matches_ort_at_default_tolerance(name):
+    result = compare(zoo.path(name), engines=("ort", "openvino"), samples=2, shapes=zoo.MODELS[name].shapes,
+                     show_progress=False)
+    assert result, result.render()
+    assert result.samples == 2
+    (out,) = result.outputs
+    assert out.cosine > 0.99999 and out.top1 == 1.0
+    assert 0 < out.max_abs < Tolerance().atol  # two engines: close, yet not bit-identical
+
+
+def test_openvino_session_keys_outputs_by_onnx_name_and_applies_options(ppocr_cls):
+    sess = open_session(ppocr_cls, "openvino", threads=1, opt_level="basic", shapes={"x": (2, 3, 48, 192)})
+    assert [s.shape for s in sess.inputs] == [(2, 3, 48, 192)]
+    assert sess.outputs[0].shape == (2, 2)
+    feed = synthesize(sess.inputs)
+    out = sess.run(feed)
+    assert list(out) == ["save_infer_model/scale_0.tmp_1"]
+    assert out["save_infer_model/scale_0.tmp_1"].shape == (2, 2)
+    # The session returns copies: a second run does not change the first run's arrays.
+    first = out["save_infer_model/scale_0.tmp_1"].copy()
+    sess.run(synthesize(sess.inputs, seed=1))
+    np.testing.assert_array_equal(out["save_infer_model/scale_0.tmp_1"], first)
+    assert sess.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+def test_openvino_bad_shape_name_is_one_line(ppocr_cls):
+    with pytest.raises(BushuError, match="unknown input") as e:
+        open_session(ppocr_cls, "openvino", shapes={"image": (1, 3, 48, 192)})
+    assert "\n" not in str(e.value)
+
+
+def test_openvino_silero_vad_conversion_error_is_one_line(silero_vad):
+    with pytest.raises(BushuError) as e:
+        open_session(silero_vad, "openvino")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("OpenVINO could not convert the model")
+    assert "Conv" in msg and "then_branch" in msg and "rank" in msg
+
+
+def test_openvino_missing_package_names_the_extra(monkeypatch, ppocr_cls):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` raise ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'bushu\[openvino\]'"):
+        open_session(ppocr_cls, "openvino")
+
+
+def test_reference_engine_matches_ort_on_digits_cnn(digits_onnx):
+    result = compare(digits_onnx, engines=("ort", "reference"), samples=3, show_progress=False)
+    assert result, result.render()
+    assert result.outputs[0].top1 == 1.0
+
+
+def test_reference_engine_uses_running_stats_in_batchnorm(ppocr_cls):
+    # ONNX's own evaluator normalizes opset-11 BatchNormalization with batch statistics when `momentum` is set;
+    # the reference engine must follow the specification (running mean/var) and agree with ONNX Runtime.
+    result = compare(ppocr_cls, engines=("ort", "reference"), shapes=zoo.MODELS["ppocr-cls"].shapes,
+                     show_progress=False)
+    assert result, result.render()
+
+
+def test_reference_engine_small_graph_follows_numpy():
+    model = ir.from_onnx_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3] x, float[3,4] w) => (float[2,4] y) {
+            h = MatMul(x, w)
+            y = Relu(h)
+        }
+    """)
+    sess = ReferenceEngine().load(model, options=None)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3), dtype=np.float32), rng.standard_normal((3, 4), dtype=np.float32)
+    out = sess.run({"x": x, "w": w})["y"]
+    assert diff(out, np.maximum(x @ w, 0), tol=Tolerance(atol=1e-6, rtol=1e-6))
+    assert [s.name for s in sess.inputs] == ["x", "w"] and sess.outputs[0].shape == (2, 4)
+
+
+def test_reference_engine_refuses_large_models(ppocr_rec):
+    with pytest.raises(BushuError, match="reference engine is for small models.*use --engine ort"):
+        ReferenceEngine(max_weight_bytes=1_000_000).load(str(ppocr_rec), options=None)
