@@ -144,7 +144,8 @@ def synthesize(
         else:
             lo, hi = ranges.get(spec.name, (-1.0, 1.0))
             feed[spec.name] = (rng.random(shape, dtype=np.float64) * (hi - lo) + lo).astype(dtype)
-    return feed
+    # numpy returns a scalar, not an array, for shape (): engines want arrays (a scalar If condition, say)
+    return {k: np.asarray(v) for k, v in feed.items()}
 
 
 def synthesize_many(specs: Sequence[TensorSpec], n: int, *, seed: int = 0, **kw) -> list[Feed]:
