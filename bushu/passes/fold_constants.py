@@ -2,18 +2,21 @@
 
 Reuses onnxscript's folder, which evaluates every node whose inputs are all constant (Constant nodes,
 initializers that are not graph inputs), and turns ``Shape`` of a value with static dims into a constant, so
-Shape/Gather/Unsqueeze/Concat/Reshape chains on static dims collapse. The cap (``PassOptions.fold_size_limit``
-elements) keeps a large result computed (``ConstantOfShape``/``Expand``/``Tile`` of a big shape) unless it replaces
-at least as many constant elements: folding never inflates the file. Each fold the cap refused is noted.
+Shape/Gather/Unsqueeze/Concat/Reshape chains on static dims collapse. Two caps keep folding from inflating the
+file: ``ConstantOfShape``/``Expand``/``Tile`` fold only when their result is tiny (``EXPANSION_LIMIT``), and any
+other result above ``PassOptions.fold_size_limit`` elements stays computed unless it replaces at least as many
+constant elements. Each fold a cap refused is noted.
 """
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
+from ._rewire import const, static_shape
 from .registry import PassContext, graphs, register
 
 _LOGGER = "onnxscript.optimizer._constant_folding"
@@ -30,6 +33,37 @@ class _CapNotes(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if isinstance(record.msg, str) and record.msg.startswith(_SKIP_PREFIX):
             self.skipped.append(str(record.args[0]) if record.args else "?")
+
+
+# Ops whose output can be far larger than their inputs: folded only when the result is tiny (a shape, a mask
+# row), so that folding never trades a node for megabytes of file.
+_EXPANDING = {"ConstantOfShape", "Expand", "Tile"}
+EXPANSION_LIMIT = 1024  # elements
+
+
+def _output_size(node: ir.Node) -> int | None:
+    if node.op_type == "ConstantOfShape":
+        shape = const(node.inputs[0])
+        return None if shape is None else int(np.prod(shape))
+    shape = static_shape(node.outputs[0])
+    return None if shape is None else int(np.prod(shape))
+
+
+def _should_fold(ctx: PassContext):
+    def decide(node: ir.Node) -> bool | None:
+        if node.op_type not in _EXPANDING or node.domain != "":
+            return None
+        if any(v is not None and v.const_value is None and ir.convenience.get_const_tensor(v) is None
+               for v in node.inputs):
+            return None  # not a constant: nothing to decide
+        size = _output_size(node)
+        if size is not None and size <= EXPANSION_LIMIT:
+            return True
+        ctx.note(f"fold-constants: kept '{node.outputs[0].name}' ({node.op_type}) computed: folding it would store "
+                 f"{'an unknown number of' if size is None else size} elements (size cap {EXPANSION_LIMIT})")
+        return False
+
+    return decide
 
 
 def _node_count(model: ir.Model) -> int:
@@ -51,6 +85,7 @@ def run(model: ir.Model, ctx: PassContext) -> int:
             onnx_shape_inference=False,
             input_size_limit=ctx.options.fold_size_limit,
             output_size_limit=ctx.options.fold_size_limit,
+            should_fold=_should_fold(ctx),
         )
     finally:
         logger.removeHandler(handler)

@@ -1,0 +1,173 @@
+"""Clean-up passes: a before/expected structural test (ONNX text) and a before/after numerical test for each."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import bushu
+from bushu.inputs import synthesize
+from bushu.engines import model_specs
+from bushu.passes.verify import run_ort
+
+HEAD = '<ir_version: 8, opset_import: ["" : 17]>\n'
+
+
+def optimize(text: str, *passes: str, **kw):
+    """(before, after, result) for ``passes`` on the model in ``text``, verified after each pass."""
+    before = ir.from_onnx_text(HEAD + text)
+    after, result = bushu.optimize(before, passes=list(passes), latency=False, show_progress=False, **kw)
+    assert result, result.render()
+    assert not result.rolled_back, result.render()
+    return before, after, result
+
+
+def ops(model: ir.Model) -> list[str]:
+    return [n.op_type for n in model.graph]
+
+
+def same_outputs(before: ir.Model, after: ir.Model, **synth) -> None:
+    """Numerical before/after: the same feed gives the same outputs on ONNX Runtime."""
+    feed = synthesize(model_specs(before)[0], seed=7, shapes={"N": 3}, **synth)
+    (a,), (b,) = run_ort(before, [feed]), run_ort(after, [feed])
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+def test_fold_constants_folds_arithmetic_and_shape_chains():
+    before, after, result = optimize("""
+    g (float[N, 4] x, float[48] w) => (float[N, 4] y, float[3, 4, 4] r) {
+      a = Constant <value = float[4] {1, 2, 3, 4}> ()
+      b = Constant <value = float[4] {1, 1, 1, 1}> ()
+      c = Add (a, b)
+      y = Mul (x, c)
+      qs = Constant <value = int64[4] {1, 3, 4, 4}> ()
+      q = ConstantOfShape <value = float[1] {1}> (qs)
+      z = Relu (q)
+      s = Shape <start = 1> (z)
+      r = Reshape (w, s)
+    }""", "fold-constants", "dead-code", "lift-constants")
+    assert sorted(ops(after)) == ["Mul", "Reshape"]
+    c = after.graph.node(0).inputs[1] if ops(after)[0] == "Mul" else after.graph.node(1).inputs[1]
+    np.testing.assert_array_equal(c.const_value.numpy(), [2, 3, 4, 5])
+    shape = [n for n in after.graph if n.op_type == "Reshape"][0].inputs[1]
+    np.testing.assert_array_equal(shape.const_value.numpy(), [3, 4, 4])
+    same_outputs(before, after)
+    assert result.fired["fold-constants"] >= 1
+
+
+def test_fold_constants_respects_the_size_cap():
+    before, after, result = optimize("""
+    g (float[1000, 1000] x) => (float[1000, 1000] y) {
+      s = Constant <value = int64[2] {1000, 1000}> ()
+      big = ConstantOfShape <value = float[1] {2}> (s)
+      y = Mul (x, big)
+    }""", "fold-constants")
+    assert "ConstantOfShape" in ops(after)
+    assert any("size cap" in n and "big" in n for n in result.notes), result.notes
+    assert after.graph.initializers == {} or all(v.const_value.size < 10 for v in after.graph.initializers.values())
+
+
+def test_eliminate_no_ops():
+    before, after, _ = optimize("""
+    g (float[N, 4] x) => (float[N, 4] y) {
+      one = Constant <value = float {1}> ()
+      zero = Constant <value = float {0}> ()
+      a = Identity (x)
+      b = Dropout (a)
+      c = Cast <to = 1> (b)
+      d = Mul (c, one)
+      e = Add (zero, d)
+      t = Transpose <perm = [1, 0]> (e)
+      u = Transpose <perm = [1, 0]> (t)
+      y = Relu (u)
+    }""", "shape-inference", "eliminate-no-ops", "dead-code")
+    assert ops(after) == ["Relu"]
+    assert after.graph.node(0).inputs[0] is after.graph.inputs[0]
+    same_outputs(before, after)
+
+
+def test_eliminate_no_op_shapes():
+    before, after, _ = optimize("""
+    g (float[2, 3, 4] x) => (float[2, 3, 4] y) {
+      pads = Constant <value = int64[6] {0, 0, 0, 0, 0, 0}> ()
+      p = Pad (x, pads)
+      st = Constant <value = int64[1] {0}> ()
+      en = Constant <value = int64[1] {9223372036854775807}> ()
+      ax = Constant <value = int64[1] {2}> ()
+      s = Slice (p, st, en, ax)
+      c = Concat <axis = 0> (s)
+      sp = Split <axis = 1> (c)
+      shp = Constant <value = int64[3] {2, 3, 4}> ()
+      r = Reshape (sp, shp)
+      ua = Constant <value = int64[1] {0}> ()
+      un = Unsqueeze (r, ua)
+      sq = Squeeze (un, ua)
+      y = Relu (sq)
+    }""", "shape-inference", "eliminate-no-op-shapes", "dead-code")
+    assert ops(after) == ["Relu"]
+    same_outputs(before, after)
+
+
+def test_dead_code_removes_unused_nodes_and_initializers_but_keeps_the_signature():
+    before, after, result = optimize("""
+    g (float[N, 4] x, float[N] unused) => (float[N, 4] y) <float[4] w = {1, 2, 3, 4}, float[4] v = {5, 6, 7, 8}> {
+      dead = Mul (x, v)
+      y = Add (x, w)
+    }""", "dead-code")
+    assert ops(after) == ["Add"]
+    assert list(after.graph.initializers) == ["w"]
+    assert [v.name for v in after.graph.inputs] == ["x", "unused"]
+    assert result.fired["dead-code"] == 2
+    same_outputs(before, after)
+
+
+def test_cse_merges_in_the_main_graph_and_in_if_bodies():
+    before, after, result = optimize("""
+    g (float[N, 4] x, bool c) => (float[N, 4] y, float[N, 4] z) {
+      a = Relu (x)
+      b = Relu (x)
+      y = Add (a, b)
+      z = If (c) <then_branch = t () => (float[N, 4] o) { p = Sigmoid (x)
+                                                        q = Sigmoid (x)
+                                                        o = Mul (p, q) },
+                 else_branch = e () => (float[N, 4] o2) { o2 = Neg (x) }>
+    }""", "cse", "dead-code")
+    assert ops(after).count("Relu") == 1
+    then = after.graph.node("If") if False else [n for n in after.graph if n.op_type == "If"][0]
+    assert [n.op_type for n in then.attributes["then_branch"].as_graph()] == ["Sigmoid", "Mul"]
+    assert result.fired["cse"] == 2
+    same_outputs(before, after, values={"c": 1})
+
+
+def test_dedup_and_lift_constants():
+    before, after, result = optimize("""
+    g (float[N, 4] x) => (float[N, 4] y) <float[4] w1 = {1, 2, 3, 4}, float[4] w2 = {1, 2, 3, 4}> {
+      k = Constant <value = float[4] {9, 8, 7, 6}> ()
+      a = Add (x, w1)
+      b = Mul (a, w2)
+      y = Sub (b, k)
+    }""", "lift-constants", "dedup-initializers")
+    assert ops(after) == ["Add", "Mul", "Sub"]
+    assert len(after.graph.initializers) == 2
+    assert result.fired == {"lift-constants": 1, "dedup-initializers": 1}
+    same_outputs(before, after)
+
+
+def test_shape_inference_keeps_symbolic_dims():
+    _, after, _ = optimize("""
+    g (float[batch, seq, 8] x) => (float[batch, seq, 8] y) {
+      a = Relu (x)
+      y = Sigmoid (a)
+    }""", "shape-inference")
+    a = after.graph.node(0).outputs[0]
+    assert [str(d) for d in a.shape] == ["batch", "seq", "8"]
+    assert a.dtype == ir.DataType.FLOAT
+
+
+def test_unknown_pass_lists_the_known_ones():
+    with pytest.raises(bushu.BushuError, match="unknown pass 'fold-everything'.*fold-constants"):
+        bushu.optimize(ir.from_onnx_text(HEAD + "g (float[2] x) => (float[2] y) { y = Relu (x) }"),
+                       passes="fold-everything", latency=False)
