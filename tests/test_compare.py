@@ -155,7 +155,7 @@ def test_expose_reports_subgraph_tensors(silero_vad):
     assert any("If" in s and "subgraphs not compared" in s for s in exposed.skipped)
 
 
-def _perturbed(path, conv_index: int) -> tuple[ir.Model, str]:
+def _perturbed(path, conv_index: int) -> tuple[ir.Model, str, str]:
     """A copy of the model with one Conv's weights scaled by 1.01 (weights either initializers or Constants)."""
     model = bir.load(path)
     node = [n for n in model.graph if n.op_type == "Conv"][conv_index]
@@ -167,17 +167,18 @@ def _perturbed(path, conv_index: int) -> tuple[ir.Model, str]:
         assert const.op_type == "Constant"
         t = const.attributes["value"].as_tensor()
         const.attributes["value"] = ir.AttrTensor("value", ir.tensor(t.numpy() * np.float32(1.01), name=t.name))
-    return model, node.name
+    return model, node.name, w.name
 
 
 @pytest.mark.parametrize("name,conv", [("ppocr-rec", 9), ("ppocr-cls", 4)])
 def test_layerwise_names_the_perturbed_conv(name, conv):
     path = zoo.path(name)
-    model, target = _perturbed(path, conv)
+    model, target, weight = _perturbed(path, conv)
     result = compare(path, model, layerwise=True, shapes=zoo.MODELS[name].shapes, show_progress=False)
     assert not result
     lw = result.layerwise
     assert lw.first_divergence.node == target and lw.first_divergence.op_type == "Conv"
+    assert lw.first_divergence.changed_weights == (weight,)
     assert len(lw.divergences) == 1  # everything after it is downstream of it
     ordered = [t.node for t in lw.tensors]
     assert all(t for t in lw.tensors[: ordered.index(target)])  # every tensor before it agrees exactly
@@ -185,9 +186,10 @@ def test_layerwise_names_the_perturbed_conv(name, conv):
 
 
 def test_layerwise_names_the_perturbed_conv_on_digits(digits_onnx):
-    model, target = _perturbed(digits_onnx, 1)
+    model, target, weight = _perturbed(digits_onnx, 1)
     result = compare(digits_onnx, model, layerwise=True, samples=2, show_progress=False)
     assert not result and result.layerwise.first_divergence.node == target
+    assert result.layerwise.first_divergence.changed_weights == (weight,)
 
 
 def test_layerwise_two_engines_agree_on_every_tensor(ppocr_cls):
@@ -195,6 +197,7 @@ def test_layerwise_two_engines_agree_on_every_tensor(ppocr_cls):
                      shapes=zoo.MODELS["ppocr-cls"].shapes, show_progress=False)
     assert result and result.layerwise, result.render()
     assert result.layerwise.first_divergence is None and len(result.layerwise.tensors) > 100
+    assert result.layerwise.divergences == ()
 
 
 # ------------------------------------------------------------------------------------- modes via the CLI
@@ -203,7 +206,7 @@ def test_layerwise_two_engines_agree_on_every_tensor(ppocr_cls):
 @pytest.fixture(scope="module")
 def cls_files(tmp_path_factory, ppocr_cls):
     d = tmp_path_factory.mktemp("cls")
-    model, _ = _perturbed(ppocr_cls, 2)
+    model, _, _ = _perturbed(ppocr_cls, 2)
     bir.save(model, d / "perturbed.onnx")
     bir.save(bir.load(ppocr_cls), d / "copy.onnx")
     return d
@@ -213,11 +216,18 @@ def test_two_models_copy_passes_perturbed_fails(cli, ppocr_cls, cls_files):
     ok = cli("compare", ppocr_cls, cls_files / "copy.onnx", "--samples", "2", "-q")
     assert ok.returncode == 0, ok.stderr
     assert "PASS" in ok.stdout
-    bad = cli("compare", ppocr_cls, cls_files / "perturbed.onnx", "--json", "--layerwise", "-q")
+    feeds = cls_files / "feeds"
+    feeds.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):  # a folder of .npz files: one feed each
+        np.savez(feeds / f"{i}.npz", x=rng.random((1, 3, 48, 192), dtype=np.float32))
+    bad = cli("compare", ppocr_cls, cls_files / "perturbed.onnx", "--input", feeds, "--json", "--layerwise", "-q")
     assert bad.returncode == 1, bad.stderr
     res = json.loads(bad.stdout)
-    assert res["kind"] == "compare" and res["outputs"][0]["passed"] is False
+    assert res["kind"] == "compare" and res["samples"] == 2 and res["outputs"][0]["passed"] is False
     assert res["layerwise"]["first_divergence"]["op_type"] == "Conv"
+    text = cli("compare", ppocr_cls, cls_files / "perturbed.onnx", "--layerwise", "-q")
+    assert text.returncode == 1 and "first divergent node" in text.stdout and "its weights differ" in text.stdout
 
 
 def test_golden_outputs_mode(cli, ppocr_cls, tmp_path):

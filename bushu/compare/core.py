@@ -149,6 +149,10 @@ class _Layerwise:
         tensors = tuple(TensorDiff(producers[n].name or n, producers[n].op_type, merged[n]) for n in self.names
                         if n in merged)
         found = lw.divergences(graph, {n: d.passed for n, d in merged.items()})
+        if self.ref is not self.cand:  # two models: say when a divergence is explained by different weights
+            nodes = {node.name: node for node in graph}
+            found = [dataclasses.replace(d, changed_weights=lw.changed_weights(nodes[d.node], self.ref.model.graph, graph))
+                     if d.node in nodes else d for d in found]
         return LayerwiseResult(tensors, found[0] if found else None, tuple(found), tuple(self.skipped))
 
 

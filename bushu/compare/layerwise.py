@@ -9,7 +9,8 @@ whose type shape inference could not tell.
 The first divergent node is the earliest node, in the candidate's topological order, with an output out of
 tolerance while every compared tensor upstream of it — its inputs, or for inputs that are not compared (names the
 other side lacks, e.g. inside a fused region) the nearest compared tensors behind them — is within tolerance.
-Graph inputs and weights count as within tolerance.
+Graph inputs and weights count as within tolerance. With two models, a divergence also lists the weights its node
+reads whose values differ between the models (``changed_weights``): a changed weight, not an engine, explains it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+import numpy as np
 import onnx_ir as ir
 
 from .result import Divergence
@@ -81,6 +83,33 @@ def expose(model: ir.Model) -> Exposed:
     if untyped:
         skipped.append(f"{len(untyped)} tensor(s) of unknown type not compared (e.g. {untyped[0]})")
     return Exposed(copy, names, skipped)
+
+
+def weight_array(graph: ir.Graph, name: str) -> np.ndarray | None:
+    """The value of a weight (an initializer or a ``Constant`` output) by name, or ``None``."""
+    v = graph.initializers.get(name)
+    if v is not None and v.const_value is not None:
+        return v.const_value.numpy()
+    for node in graph:
+        if node.op_type == "Constant" and node.outputs[0].name == name and "value" in node.attributes:
+            return node.attributes["value"].as_tensor().numpy()
+    return None
+
+
+def changed_weights(node: ir.Node, ref_graph: ir.Graph, cand_graph: ir.Graph) -> tuple[str, ...]:
+    """The weights ``node`` (of ``cand_graph``) reads directly whose values differ from the same-named weights of
+    ``ref_graph`` (a weight missing on one side counts as changed)."""
+    changed = []
+    for v in node.inputs:
+        if v is None or not v.name:
+            continue
+        cand = weight_array(cand_graph, v.name)
+        if cand is None:
+            continue
+        ref = weight_array(ref_graph, v.name)
+        if ref is None or ref.shape != cand.shape or not np.array_equal(ref, cand):
+            changed.append(v.name)
+    return tuple(changed)
 
 
 def divergences(graph: ir.Graph, passed: Mapping[str, bool]) -> list[Divergence]:

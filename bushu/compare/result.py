@@ -45,9 +45,11 @@ class Divergence(Result):
     op_type: str
     outputs: tuple[str, ...]  # its outputs that are out of tolerance
     inputs: tuple[str, ...]  # the compared tensors upstream of it (all within tolerance)
+    changed_weights: tuple[str, ...] = ()  # weights it reads whose values differ between two models
 
     def __str__(self) -> str:
-        return f"node '{self.node}' ({self.op_type}) diverges at {', '.join(self.outputs)}"
+        s = f"node '{self.node}' ({self.op_type}) diverges at {', '.join(self.outputs)}"
+        return s + (f" (its weights differ: {', '.join(self.changed_weights)})" if self.changed_weights else "")
 
 
 @dataclasses.dataclass(frozen=True)
