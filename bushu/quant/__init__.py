@@ -1,0 +1,76 @@
+"""``bushu.quantize``: post-training quantization to an accuracy budget, with per-layer diagnosis and measured
+speed on the target engine.
+
+    import bushu
+    from bushu.quant import QuantConfig
+    result = bushu.quantize("model.onnx", calibration_feeds, QuantConfig(engine="ort", budget="cosine>=0.99"))
+    bushu.save(result.model, "model.int8.onnx")
+    print(result.render())
+
+Calibration data is any iterable of feeds (dicts of input name → array), a folder of .npz/.npy feeds, or a folder
+of images with an :class:`~bushu.quant.data.ImagePreprocess`; it is streamed. Policy (which tensors, per engine:
+:mod:`.spec`, :mod:`.annotate`) is apart from mechanism (:mod:`.calibrate`, :mod:`.convert`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import onnx_ir as ir
+
+from .. import ir as bir
+from ..engines.base import model_specs
+from ..run import model_name
+from .data import ImagePreprocess, feeds
+from .result import QuantizeResult
+from .spec import PRESETS, QuantConfig
+
+__all__ = ["quantize", "QuantConfig", "QuantizeResult", "ImagePreprocess", "PRESETS"]
+
+
+def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config: QuantConfig | None = None, *,
+             heldout=None, preprocess: ImagePreprocess | None = None, output: str | os.PathLike | None = None,
+             force: bool = False, **overrides) -> QuantizeResult:
+    """Quantize ``model`` (an ``ir.Model`` or a path; never modified) and return a :class:`QuantizeResult` whose
+    ``model`` is the quantized ``ir.Model``; with ``output`` it is also saved there (atomically; an existing input
+    is not overwritten without ``force``).
+
+    ``calibration_data``: see the module docstring; static INT8 needs it, the other modes use its first feed (or a
+    synthesized one) only to verify and time the result. ``heldout``: feeds to measure accuracy on (default: the
+    first ``config.heldout`` calibration feeds). Keyword ``overrides`` replace fields of ``config``.
+    """
+    config = config or QuantConfig()
+    if overrides:
+        config = config.replace(**overrides)
+    m = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
+    name = model_name(model if isinstance(model, (str, os.PathLike)) else m)
+    specs = model_specs(m)[0]
+    held = None
+    if heldout is not None:
+        held_iter, _ = feeds(heldout, specs, preprocess)
+        held = [dict(f) for f in held_iter]
+    if config.mode == "static":
+        from .pipeline import quantize_static
+
+        data, total = feeds(calibration_data, specs, preprocess)
+        result = quantize_static(m, data, config, total=total, heldout=held, source=name)
+    else:
+        from .modes import quantize_mode
+
+        data = feeds(calibration_data, specs, preprocess)[0] if calibration_data is not None else None
+        result = quantize_mode(m, data, config, heldout=held, source=name)
+    if output is not None:
+        import dataclasses
+
+        saved = bir.save(result.model, output, force=force) if _not_input(m, output, force) else None
+        result = dataclasses.replace(result, saved_to=str(saved))
+    return result
+
+
+def _not_input(model: ir.Model, output, force: bool) -> bool:
+    src = bir.source_path(model)
+    if src is not None and os.path.abspath(output) == str(src) and not force:
+        from ..errors import BushuError
+
+        raise BushuError(f"refusing to overwrite the input {output}: choose another -o path or pass --force")
+    return True

@@ -1,0 +1,211 @@
+"""Policy: which tensors of a float model get which quantization, for one engine preset.
+
+The result is a :class:`Plan` — plain data that :mod:`bushu.quant.calibrate` and :mod:`bushu.quant.convert`
+execute. Rules, in order:
+
+* Case 1: nodes named by ``exclude`` or ``keep_float`` (by name or op type), or not matched by ``include`` when it
+  is given, stay in float.
+* Case 2: transformer mask and Softmax arithmetic stays in float: every node computed from an integer graph input
+  (the attention mask) without passing a weighted op, and every node between a MatMul and the Softmax it feeds.
+  Quantizing the additive mask (-10000 next to scores of ~10) destroys the scores' resolution.
+* Case 3: Conv/ConvTranspose/Gemm (constant weights) and MatMul are quantized: activation inputs per tensor,
+  weights per output channel, bias in int32 at ``input scale × weight scale``.
+* Case 4: Add/Mul/Concat/pooling/Sigmoid are quantized only when all their inputs are activations and one of them
+  is already quantized — a lone quantized Add would only add Q/DQ pairs.
+* Case 5: data-movement ops (Reshape, Transpose, MaxPool, Resize, …) whose input is quantized share the input's
+  scale and zero point, so engines drop the pair around them.
+* Case 6: a Relu/Clip(0, …) right after a quantized node is folded into that node's output quantization when the
+  preset says so (ONNX Runtime): the uint8 QuantizeLinear clamps at 0 by itself. Otherwise the activation's output
+  is quantized instead of its input (OpenVINO fuses Conv+ReLU and wants the FakeQuantize after it).
+
+Graph outputs are never quantized: the model's results stay in float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from .spec import FOLDABLE_ACTIVATIONS, EnginePreset
+
+_INT_TYPES = {ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL}
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    node: str
+    weight: str  # initializer name
+    axis: int  # output-channel axis (per-channel) of the weight
+    bias: str | None  # initializer name of a bias to store in int32
+    act: str  # the activation input whose scale multiplies the weight scale for the bias
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to quantize: ``weights`` of compute nodes; ``activations`` maps each tensor to Q/DQ to the tensor whose
+    calibrated range it takes (itself; a shared op's input; a folded activation's output); ``folded`` activation
+    nodes are removed; ``reasons`` says why a compute node stayed in float."""
+
+    weights: tuple[WeightSpec, ...]
+    activations: dict[str, str]
+    folded: tuple[str, ...]
+    nodes: tuple[str, ...]
+    reasons: dict[str, str]
+
+    @property
+    def observed(self) -> list[str]:
+        """The tensors calibration must observe."""
+        return sorted(set(self.activations.values()))
+
+
+def _is_const(v: ir.Value | None) -> bool:
+    return v is not None and (v.const_value is not None or v.is_initializer())
+
+
+def _is_float(v: ir.Value | None) -> bool:
+    return v is not None and v.dtype in (ir.DataType.FLOAT, None)
+
+
+def _matches(node: ir.Node, names) -> bool:
+    return bool(names) and (node.name in names or node.op_type in names)
+
+
+def _float_region(graph: ir.Graph) -> set[str]:
+    """Case 2: names of nodes holding mask or Softmax arithmetic."""
+    region: set[str] = set()
+    tainted = {v.name for v in graph.inputs if v.dtype in _INT_TYPES}
+    for node in graph:  # topological order
+        if node.op_type in ("MatMul", "Gemm", "Conv", "Gather"):
+            continue  # a weighted op (or an embedding lookup) ends the mask's arithmetic
+        if any(i is not None and i.name in tainted for i in node.inputs):
+            region.add(node.name)
+            tainted.update(o.name for o in node.outputs)
+    for node in graph:
+        if node.op_type != "Softmax":
+            continue
+        region.add(node.name)
+        stack = [node.inputs[0]]
+        while stack:
+            v = stack.pop()
+            p = v.producer() if v is not None else None
+            if p is None or p.op_type in ("MatMul", "Gemm") or p.name in region:
+                continue
+            region.add(p.name)
+            stack.extend(i for i in p.inputs if i is not None and not _is_const(i))
+    return region
+
+
+def _weight_axis(node: ir.Node) -> int | None:
+    w = node.inputs[1]
+    rank = len(w.shape) if w.shape is not None else (len(w.const_value.shape) if w.const_value is not None else None)
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1 if node.attributes.get_int("group", 1) == 1 else None
+    if node.op_type == "Gemm":
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    if node.op_type == "MatMul":
+        return rank - 1 if rank is not None and rank >= 2 else None
+    return None
+
+
+def _clip_from_zero(node: ir.Node) -> bool:
+    """Clip(x, 0, hi): the lower bound must be exactly 0 for a uint8 Q with zero point 0 to replace it."""
+    if node.op_type == "Relu":
+        return True
+    lo = node.inputs[1] if len(node.inputs) > 1 else None
+    if lo is None:
+        return node.attributes.get_float("min", -np.inf) == 0.0
+    return lo.const_value is not None and float(lo.const_value.numpy().reshape(-1)[0]) == 0.0
+
+
+def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_float=()) -> Plan:
+    """Decide, for ``model`` (float, opset ≥ 13, weights as initializers), what :func:`convert` will quantize."""
+    graph = model.graph
+    outputs = {v.name for v in graph.outputs}
+    region = _float_region(graph)
+    qparams_of: dict[str, str] = {}  # tensor -> tensor whose range it takes
+    weights: list[WeightSpec] = []
+    folded: list[str] = []
+    quantized: list[str] = []
+    reasons: dict[str, str] = {}
+
+    def user_float(node: ir.Node) -> str | None:
+        if _matches(node, exclude):
+            return "excluded"
+        if _matches(node, keep_float):
+            return "kept in float by the accuracy budget"
+        if include and not _matches(node, include):
+            return "not included"
+        return None
+
+    def quantize_input(v: ir.Value) -> None:
+        qparams_of.setdefault(v.name, v.name)
+
+    def quantize_output(node: ir.Node) -> None:
+        out = node.outputs[0]
+        if out.name in outputs:
+            return
+        users = out.consumers()
+        act = users[0] if len(users) == 1 else None
+        if (act is not None and act.op_type in FOLDABLE_ACTIVATIONS and _clip_from_zero(act)
+                and act.outputs[0].name not in outputs and user_float(act) is None):
+            if preset.fold_activations and preset.activations.qmin == 0:
+                folded.append(act.name)
+                qparams_of[out.name] = act.outputs[0].name
+                # the activation's output becomes the producer's output: already quantized, nothing to insert
+                qparams_of[act.outputs[0].name] = act.outputs[0].name
+            else:
+                qparams_of[act.outputs[0].name] = act.outputs[0].name
+            return
+        qparams_of[out.name] = out.name
+
+    for node in graph:
+        op = node.op_type
+        acts = [v for v in node.inputs if v is not None and not _is_const(v)]
+        why = user_float(node)
+        if op in preset.compute_ops:
+            if why:
+                reasons[node.name] = why
+                continue
+            if not acts or not all(_is_float(v) for v in acts):
+                reasons[node.name] = "no float activation input"
+                continue
+            if node.name in region:
+                reasons[node.name] = "mask/Softmax arithmetic"
+                continue
+            axis = _weight_axis(node) if _is_const(node.inputs[1]) else None
+            if op != "MatMul" and axis is None:
+                reasons[node.name] = "weights are not constant" if not _is_const(node.inputs[1]) else "grouped"
+                continue
+            for v in acts:
+                quantize_input(v)
+            if axis is not None:
+                bias = node.inputs[2] if len(node.inputs) > 2 and op != "MatMul" else None
+                w = node.inputs[1]
+                ok_bias = (bias is not None and _is_const(bias) and bias.const_value is not None
+                           and len(bias.const_value.shape) == 1 and w.const_value is not None
+                           and bias.const_value.shape[0] == w.const_value.shape[axis])
+                weights.append(WeightSpec(node.name, w.name, axis, bias.name if ok_bias else None, acts[0].name))
+            quantize_output(node)
+            quantized.append(node.name)
+        elif op in preset.arith_ops:
+            if why or node.name in region or not acts or len(acts) != len([i for i in node.inputs if i is not None]):
+                continue
+            if not all(_is_float(v) for v in acts) or not any(v.name in qparams_of for v in acts):
+                continue
+            for v in acts:
+                quantize_input(v)
+            quantize_output(node)
+            quantized.append(node.name)
+        elif op in preset.shared_ops:
+            src = node.inputs[0]
+            if why or src is None or src.name not in qparams_of or node.outputs[0].name in outputs:
+                continue
+            for out in node.outputs:
+                if _is_float(out):
+                    qparams_of[out.name] = qparams_of[src.name]
+            quantized.append(node.name)
+    return Plan(tuple(weights), qparams_of, tuple(folded), tuple(quantized), reasons)

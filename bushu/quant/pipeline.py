@@ -1,0 +1,94 @@
+"""The static INT8 workflow: calibrate once, pick the ranges, meet the budget with the fastest configuration,
+measure speed, diagnose on request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import onnx_ir as ir
+
+from .. import engines
+from ..errors import BushuError
+from ..inputs import Feed
+from ..timing import measure
+from . import budget as bud
+from .algorithms import bias_correction, smoothquant
+from .diagnose import diagnose, sensitivity
+from .result import QuantizeResult
+from .spec import QuantConfig
+from .speed import measure_speed
+from .static import RANGE_METHODS, Session
+
+
+def _pick_method(s: Session, notes: list[str]) -> tuple[str, list[str]]:
+    """``auto``: the range method whose fully quantized model has the best held-out output SNR (all four are read
+    off the same histograms, so this costs one conversion and one held-out run each)."""
+    if s.config.method != "auto":
+        return s.config.method, [s.config.method]
+    scored = sorted(((s.score(s.build(method=m)[0]).snr_db, m) for m in RANGE_METHODS), reverse=True)
+    notes.append("auto ranges: " + ", ".join(f"{m} {snr:.1f} dB" for snr, m in scored) + f" → {scored[0][1]}")
+    return scored[0][1], [m for _, m in scored]
+
+
+def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig, *, total: int | None = None,
+                    heldout: list[Feed] | None = None, source: str = "model") -> QuantizeResult:
+    budget = bud.parse(config.budget) if config.budget else None
+    if config.eval_fn is not None and (budget is None or budget.metric != "eval-drop"):
+        raise BushuError("--eval needs a budget on its value: add --budget eval-drop<=X (X in the metric's units)")
+    s = Session.start(model, feeds, config, heldout=heldout, total=total,
+                      transform=smoothquant.transform(config) if config.smoothquant is not None else None)
+    notes = list(s.notes)
+    method, methods = _pick_method(s, notes)
+    steps: tuple = ()
+    met = True
+    if budget is None:
+        q, p = s.build(method=method)
+    else:
+        q, p, steps, met = _meet_budget(s, budget, methods[:2], notes)
+    if config.bias_correction:
+        notes.append(bias_correction.apply(s, q))
+    acc = s.score(q)
+    speed = None
+    if config.measure_speed:
+        speed = measure_speed(s.model, q, s.heldout[0], engine=config.engine)
+    diag = diagnose(s, method) if config.diagnose else None
+    return QuantizeResult(
+        source=source, mode="static", engine=config.preset.name, method=method,
+        quantized_layers=len(p.weights), float_layers=dict(p.reasons), notes=tuple(notes),
+        calibration_samples=s.calibration.samples, accuracy=acc, speed=speed, budget=str(budget) if budget else None,
+        budget_met=met, budget_steps=tuple(steps), diagnosis=diag, model=q)
+
+
+def _meet_budget(s: Session, budget: bud.Budget, methods: list[str], notes: list[str]):
+    """For each candidate range method: rank the layers by sensitivity, leave the fewest in float that meet the
+    budget. Of the passing configurations, keep the fastest on the target engine."""
+    passing = []
+    all_steps = []
+    for method in methods:
+        _, layers = sensitivity(s, method, alone=False)
+        ranked = [x.node for x in layers]
+
+        def evaluate(keep: frozenset[str], m=method) -> float:
+            return s.score(s.build(keep, m)[0]).value(budget.metric)
+
+        steps = bud.search(evaluate, ranked, budget)
+        all_steps += steps
+        if steps and steps[0].met:
+            passing.append((method, frozenset(steps[0].float_layers)))
+    if not passing:
+        notes.append(f"budget {budget} not met even with every weighted layer in float: check the held-out data")
+        q, p = s.build(method=methods[0])
+        return q, p, all_steps, False
+    best = None
+    for method, keep in passing:
+        q, p = s.build(keep, method)
+        sess = engines.open_session(q, s.config.engine)
+        feed = s.heldout[0]
+        lat = measure(lambda: sess.run(feed), warmup_s=0.2, budget_s=0.5)
+        del sess
+        if best is None or lat.median_ms < best[0]:
+            best = (lat.median_ms, q, p, method)
+    if len(passing) > 1:
+        notes.append(f"budget met by {len(passing)} configurations; kept the fastest ({best[3]}, "
+                     f"{len(best[2].reasons)} layers in float, {best[0]:.3f} ms)")
+    return best[1], best[2], all_steps, True

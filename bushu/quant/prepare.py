@@ -1,0 +1,85 @@
+"""Get a float model ready for quantization, and refuse one that can't be.
+
+* An already-quantized model (Q/DQ, QLinear*, *Integer, MatMulNBits ops) is refused: quantizing twice compounds
+  the error and the ranges would be observed on already-rounded values.
+* Below opset 13, the model is upgraded: per-channel ``DequantizeLinear(axis=…)`` only exists from 13 on (ONNX
+  Runtime 1.32 writes it into opset-12 models anyway, and the result won't load).
+* ONNX Runtime's *basic* graph optimizations run once (constant folding, BatchNormalization folded into Conv,
+  redundant nodes removed — all standard ONNX ops): a BatchNormalization left after a Conv would keep the Conv's
+  output in float, and weights must be constants to be quantized.
+* Constant nodes become initializers and every node gets a unique name (plans refer to nodes by name).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
+
+from .. import ir as bir
+from ..errors import BushuError
+
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
+                           "QLinearMul", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
+                           "MatMulNBits", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"})
+MIN_OPSET = 13
+
+
+def quantized_ops(model: ir.Model) -> dict[str, int]:
+    """Op types of ``model`` that only appear in quantized models, with their counts."""
+    found: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type in QUANTIZED_OPS:
+            found[node.op_type] = found.get(node.op_type, 0) + 1
+    return found
+
+
+def check_float(model: ir.Model) -> None:
+    found = quantized_ops(model)
+    if found:
+        ops = ", ".join(f"{k} ×{v}" for k, v in sorted(found.items()))
+        raise BushuError(f"the model is already quantized ({ops}): quantize the float model it came from")
+
+
+def ort_basic_optimize(model: ir.Model) -> ir.Model:
+    """The model after ONNX Runtime's basic (standard-op) graph optimizations."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="bushu-quant-") as tmp:
+        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
+        bir.save(model, src, force=True)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = dst
+        so.log_severity_level = 3
+        try:
+            ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise BushuError(f"ONNX Runtime could not load the model to prepare it: {str(e).splitlines()[0]}") from None
+        out = ir.load(dst)
+        # the weights must not point into the temporary folder once it is gone
+        for v in out.graph.initializers.values():
+            if isinstance(v.const_value, ir.ExternalTensor):
+                v.const_value = ir.tensor(v.const_value.numpy(), name=v.name)
+    out.meta.update({k: v for k, v in model.meta.items() if k != "bushu.path"})
+    return out
+
+
+def prepare(model: ir.Model, *, optimize: bool = True) -> tuple[ir.Model, list[str]]:
+    """A float copy of ``model`` ready for :func:`~bushu.quant.annotate.plan`, and notes on what was done."""
+    check_float(model)
+    notes = []
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    if opset < MIN_OPSET:
+        model = bir.convert_opset(model, MIN_OPSET)
+        notes.append(f"upgraded from opset {opset} to {MIN_OPSET} (per-channel Q/DQ needs it)")
+    if optimize:
+        before = sum(1 for _ in model.graph)
+        model = ort_basic_optimize(model)
+        notes.append(f"float graph simplified by ONNX Runtime's basic optimizations ({before} → "
+                     f"{sum(1 for _ in model.graph)} nodes)")
+    LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+    NameFixPass()(model)
+    return model, notes

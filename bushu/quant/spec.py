@@ -1,0 +1,145 @@
+"""Frozen configuration: how tensors are stored (:class:`QType`), what each engine runs fast (:class:`EnginePreset`),
+and what the user asked for (:class:`QuantConfig`).
+
+Policy lives here and in :mod:`bushu.quant.annotate`; the mechanism (observe → calibrate → convert) never looks at
+an engine name. The presets were chosen by measurement on a 2-core AVX2/AVX-512 machine (see
+docs/dev/quant-bench.md): ONNX Runtime fuses Q/DQ groups into integer kernels when activations are uint8 and
+weights int8 symmetric per channel ("U8S8"); with int8 activations it leaves many groups as DQ → float op → Q.
+OpenVINO runs signed int8 activations as fast as unsigned ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from ..errors import BushuError
+
+METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
+MODES = ("static", "dynamic", "weight-only", "int4", "fp16")
+
+
+@dataclasses.dataclass(frozen=True)
+class QType:
+    """How a tensor is stored: ``dtype`` (``uint8``, ``int8``, ``int32``, ``int4``), symmetric (zero point 0) or
+    not, and ``bits`` actually used (7 for ``reduce_range``: the value range is halved so that u8×s8 products
+    can't overflow the 16-bit accumulation of CPUs without VNNI)."""
+
+    dtype: str
+    symmetric: bool
+    bits: int = 8
+
+    @property
+    def qmin(self) -> int:
+        if self.dtype.startswith("u"):
+            return 0
+        return -(2 ** (self.bits - 1)) + (1 if self.symmetric else 0)
+
+    @property
+    def qmax(self) -> int:
+        if self.dtype.startswith("u"):
+            return 2**self.bits - 1
+        return 2 ** (self.bits - 1) - 1
+
+
+UINT8 = QType("uint8", symmetric=False)
+INT8_SYM = QType("int8", symmetric=True)
+INT8_SYM7 = QType("int8", symmetric=True, bits=7)
+
+
+# Ops with weights: their inputs, weights and outputs are quantized.
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+# Ops that only move or select data: their output shares the input's scale and zero point, so engines drop the
+# Q/DQ pair around them instead of requantizing.
+SHARED_OPS = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Slice",
+                        "Split", "Gather", "DepthToSpace", "SpaceToDepth"})
+# Elementwise/pooling ops with integer kernels: inputs and outputs get their own ranges.
+ARITH_OPS = frozenset({"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"})
+# Activations an engine can fold into the producer's QuantizeLinear (the Q clamps at its range).
+FOLDABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})
+
+
+@dataclasses.dataclass(frozen=True)
+class EnginePreset:
+    """Which tensors get which :class:`QType` on one engine, and how Q/DQ is placed so that the engine fuses it."""
+
+    name: str
+    activations: QType
+    weights: QType
+    compute_ops: frozenset = COMPUTE_OPS
+    arith_ops: frozenset = ARITH_OPS
+    shared_ops: frozenset = SHARED_OPS
+    # Fold Relu/Clip(0, …) into the producer's uint8 Q (ORT's QDQ fusions expect DQ → Conv → Q, no Relu between).
+    fold_activations: bool = True
+
+
+PRESETS: dict[str, EnginePreset] = {
+    "ort": EnginePreset("ort", activations=UINT8, weights=INT8_SYM),
+    "openvino": EnginePreset("openvino", activations=QType("int8", symmetric=False), weights=INT8_SYM,
+                             fold_activations=False),
+}
+
+
+def preset(engine: str) -> EnginePreset:
+    key = {"onnxruntime": "ort", "ov": "openvino"}.get(engine.lower(), engine.lower())
+    if key not in PRESETS:
+        raise BushuError(f"no quantization preset for engine '{engine}': choose one of {', '.join(PRESETS)}")
+    return PRESETS[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how. Every field has a measured default; see docs/quantize.md.
+
+    ``include``/``exclude`` hold node names or op types: with ``include`` only matching nodes are quantized;
+    ``exclude`` always wins. ``keep_float`` is the set of node names the accuracy budget left in float.
+    ``heldout`` feeds (the first ones of the calibration stream unless given separately) measure the error of
+    ``method="auto"``, of the diagnosis and of the budget. ``budget`` is a string such as ``"cosine>=0.99"``
+    (see :mod:`bushu.quant.budget`); ``eval_fn(run) -> float`` is the user's own metric, higher is better.
+    ``smoothquant`` is an α in [0, 1] or ``"auto"`` (searched); ``None`` leaves it off.
+    """
+
+    engine: str = "ort"
+    mode: str = "static"
+    method: str = "minmax"
+    per_channel: bool = True
+    reduce_range: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    keep_float: frozenset[str] = frozenset()
+    percentile: float = 99.999
+    max_samples: int | None = None
+    heldout: int = 8
+    bias_correction: bool = False
+    smoothquant: float | str | None = None
+    cle: bool = False
+    budget: str | None = None
+    eval_fn: Callable | None = dataclasses.field(default=None, compare=False)
+    measure_speed: bool = True
+    diagnose: bool = False
+    block_size: int = 32
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise BushuError(f"unknown mode '{self.mode}': choose one of {', '.join(MODES)}")
+        if self.method not in METHODS:
+            raise BushuError(f"unknown calibration method '{self.method}': choose one of {', '.join(METHODS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise BushuError(f"percentile {self.percentile} is out of range: give a value in (50, 100], e.g. 99.999")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise BushuError(f"block size {self.block_size} must be a power of two ≥ 16, e.g. 32")
+        preset(self.engine)
+        if self.smoothquant not in (None, "auto") and not (isinstance(self.smoothquant, (int, float))
+                                                            and 0.0 <= self.smoothquant <= 1.0):
+            raise BushuError(f"SmoothQuant α {self.smoothquant!r} must be in [0, 1] or 'auto'")
+
+    @property
+    def preset(self) -> EnginePreset:
+        p = preset(self.engine)
+        if self.reduce_range:
+            p = dataclasses.replace(p, weights=INT8_SYM7)
+        return p
+
+    def replace(self, **kw) -> QuantConfig:
+        return dataclasses.replace(self, **kw)

@@ -1,0 +1,124 @@
+"""Speed is part of a quantization result: FP32 vs INT8 latency on the target engine, and why INT8 is not faster
+when it isn't.
+
+On ONNX Runtime the INT8 model is optimized the way a session would (level ``all``) and saved
+(``SessionOptions.optimized_model_filepath``); what is left tells the reason: DequantizeLinear → float op →
+QuantizeLinear groups that found no integer kernel, layout reorders (``ReorderInput``/``ReorderOutput``) around
+them, and the CPU's lack of VNNI (int8 dot products then take three instructions instead of one).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from .. import engines
+from .. import ir as bir
+from ..engines.base import EngineOptions
+from ..results import Result
+from ..timing import Latency, cpu_flags, measure
+
+_INTEGER_OPS = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize", "MatMulNBits", "QAttention",
+                "MatMulIntegerToFloat")
+
+
+@dataclasses.dataclass(frozen=True)
+class Speed(Result):
+    """FP32 and quantized latency on one engine; ``speedup`` = fp32 median / quantized median."""
+
+    kind = "quant_speed"
+    engine: str
+    fp32: Latency
+    quantized: Latency
+    speedup: float
+    integer_ops: int
+    float_islands: dict[str, int]
+    reorders: int
+    reasons: tuple[str, ...]
+
+    def __bool__(self) -> bool:
+        return self.speedup >= 1.0
+
+    def __str__(self) -> str:
+        s = (f"{self.engine}: fp32 {self.fp32.median_ms:.3f} ms, quantized {self.quantized.median_ms:.3f} ms "
+             f"({self.speedup:.2f}×)")
+        return s + ("" if self.speedup >= 1.0 else "; slower because " + "; ".join(self.reasons))
+
+
+def ort_optimized(model: ir.Model) -> ir.Model:
+    """``model`` as ONNX Runtime's optimizer (level all) leaves it, with the hardware-specific layout nodes."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="bushu-speed-") as tmp:
+        src, dst = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "opt.onnx")
+        bir.save(model, src, force=True)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = dst
+        so.log_severity_level = 4
+        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        return ir.load(dst)
+
+
+def islands(model: ir.Model) -> tuple[int, dict[str, int], int]:
+    """Integer-kernel nodes, float ops sitting between a DequantizeLinear and a QuantizeLinear (by op type), and
+    layout reorders, in an engine-optimized model."""
+    integer = sum(1 for n in model.graph if n.op_type.startswith(_INTEGER_OPS))
+    reorders = sum(1 for n in model.graph if n.op_type.startswith("Reorder"))
+    found: collections.Counter = collections.Counter()
+    for n in model.graph:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type.startswith(_INTEGER_OPS):
+            continue
+        fed_by_dq = any(i is not None and i.producer() is not None and i.producer().op_type == "DequantizeLinear"
+                        for i in n.inputs)
+        feeds_q = any(u.op_type == "QuantizeLinear" for o in n.outputs for u in o.consumers())
+        if fed_by_dq and feeds_q:
+            found[n.op_type] += 1
+    return integer, dict(found.most_common()), reorders
+
+
+def reasons_for(engine: str, speedup: float, integer: int, float_islands: Mapping[str, int], reorders: int,
+                dq_float: int) -> tuple[str, ...]:
+    out = []
+    if float_islands:
+        ops = ", ".join(f"{k} ×{v}" for k, v in float_islands.items())
+        out.append(f"{sum(float_islands.values())} DQ → float op → Q groups have no integer kernel ({ops})")
+    if dq_float:
+        out.append(f"{dq_float} float ops read dequantized tensors (int8 ↔ float conversions at every boundary)")
+    if reorders:
+        out.append(f"{reorders} layout reorders (NCHWc) around float ops")
+    flags = cpu_flags()
+    if flags and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags):
+        out.append("this CPU has no VNNI: int8 dot products take 3 instructions (vpmaddubsw+vpmaddwd+vpaddd)")
+    if integer == 0 and engine == "ort":
+        out.append("no integer kernel was used at all")
+    if not out:
+        out.append("the model is small or memory-bound: the int8 kernels' gain is below the Q/DQ overhead")
+    return tuple(out)
+
+
+def measure_speed(float_model: ir.Model, quant_model: ir.Model, feed: Mapping[str, np.ndarray], *,
+                  engine: str = "ort", budget_s: float = 1.0, options: EngineOptions | None = None) -> Speed:
+    """Median latency of both models on ``engine`` with ``feed`` (one session at a time: an idle session's
+    spinning threads would slow the other), and the reasons when the quantized one is not faster."""
+    opts = options or EngineOptions()
+    lat = {}
+    for key, m in (("fp32", float_model), ("quantized", quant_model)):
+        sess = engines.open_session(m, engine, opts)
+        lat[key] = measure(lambda s=sess: s.run(feed), warmup_s=0.3, budget_s=budget_s)
+        del sess
+    speedup = lat["fp32"].median_ms / lat["quantized"].median_ms
+    integer, isl, reorders, dq_float = 0, {}, 0, 0
+    if engine == "ort":
+        opt = ort_optimized(quant_model)
+        integer, isl, reorders = islands(opt)
+        dq_float = sum(1 for n in opt.graph if n.op_type == "DequantizeLinear"
+                       for u in n.outputs[0].consumers() if u.op_type != "QuantizeLinear")
+    reasons = reasons_for(engine, speedup, integer, isl, reorders, dq_float) if speedup < 1.0 else ()
+    return Speed(engine, lat["fp32"], lat["quantized"], speedup, integer, isl, reorders, reasons)

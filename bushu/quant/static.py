@@ -1,0 +1,113 @@
+"""Static INT8: prepare → plan → calibrate → convert, with held-out evaluation.
+
+:class:`Session` holds what every configuration of one model shares — the prepared float model, the calibration
+observers and the float outputs on the held-out feeds — so that the method search, the diagnosis and the budget
+search build and score many configurations without calibrating twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from .. import engines
+from ..engines.base import EngineOptions, model_specs
+from ..inputs import Feed
+from .annotate import Plan, plan
+from .budget import Accuracy, accuracy
+from .calibrate import Calibration, calibrate
+from .convert import clone, convert
+from .prepare import prepare
+from .spec import ARITH_OPS, COMPUTE_OPS, FOLDABLE_ACTIVATIONS, SHARED_OPS, QuantConfig
+
+RANGE_METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+def observable(model: ir.Model) -> list[str]:
+    """Every float tensor any plan could quantize (so that one calibration serves all configurations)."""
+    ops = COMPUTE_OPS | ARITH_OPS | SHARED_OPS | FOLDABLE_ACTIVATIONS
+    names = {v.name for v in model.graph.inputs if v.dtype == ir.DataType.FLOAT}
+    outs = {v.name for v in model.graph.outputs}
+    for node in model.graph:
+        if node.op_type in ops:
+            names.update(v.name for v in node.inputs if v is not None and v.dtype == ir.DataType.FLOAT
+                         and v.const_value is None and not v.is_initializer())
+            names.update(v.name for v in node.outputs if v.dtype in (ir.DataType.FLOAT, None) and v.name not in outs)
+    return sorted(names)
+
+
+def run_all(model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], engine: str = "ort",
+            options: EngineOptions | None = None) -> list[dict[str, np.ndarray]]:
+    sess = engines.open_session(model, engine, options or EngineOptions())
+    return [sess.run(f) for f in feeds]
+
+
+@dataclasses.dataclass
+class Session:
+    """One model's shared state for building and scoring quantized configurations (see the module docstring)."""
+
+    config: QuantConfig
+    source: ir.Model
+    model: ir.Model  # prepared float model
+    notes: list[str]
+    calibration: Calibration
+    heldout: list[Feed]
+    reference: list[dict[str, np.ndarray]]
+    eval_fn: Callable | None = None
+    eval_float: float | None = None
+
+    @classmethod
+    def start(cls, model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], config: QuantConfig, *,
+              heldout: list[Feed] | None = None, total: int | None = None,
+              transform: Callable[[ir.Model, Iterable[Feed]], list[str]] | None = None) -> Session:
+        prepared, notes = prepare(model)
+        if transform is not None:  # float-model algorithms (SmoothQuant, CLE) that change weights before calibration
+            feeds = iter(feeds)
+            sample = list(itertools.islice(feeds, config.heldout))
+            feeds = itertools.chain(sample, feeds)
+            notes += transform(prepared, heldout or sample)
+        cal = calibrate(prepared, observable(prepared), feeds, heldout=0 if heldout else config.heldout,
+                        max_samples=config.max_samples, show_progress=config.progress, total=total)
+        held = heldout if heldout else cal.heldout
+        ref = run_all(prepared, held)
+        s = cls(config, model, prepared, notes, cal, held, ref, eval_fn=config.eval_fn)
+        if s.eval_fn is not None:
+            s.eval_float = float(s.eval_fn(s.runner(model)))
+        return s
+
+    def runner(self, model: ir.Model) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+        """``run(feed) -> outputs`` for the user's metric, on the target engine."""
+        sess = engines.open_session(model, self.config.engine, EngineOptions())
+        return sess.run
+
+    def plan(self, keep_float: frozenset[str] = frozenset()) -> Plan:
+        c = self.config
+        return plan(self.model, c.preset, include=c.include, exclude=c.exclude,
+                    keep_float=frozenset(c.keep_float) | keep_float)
+
+    def ranges(self, method: str, p: Plan) -> dict[str, tuple[float, float]]:
+        qt = self.config.preset.activations
+        obs = self.calibration.observers
+        return {n: obs[n].range(method, qt, self.config.percentile) for n in p.observed}
+
+    def build(self, keep_float: frozenset[str] = frozenset(), method: str | None = None,
+              ranges: Mapping[str, tuple[float, float]] | None = None) -> tuple[ir.Model, Plan]:
+        p = self.plan(keep_float)
+        r = dict(self.ranges(method or self.config.method, p))
+        if ranges:
+            r.update({k: v for k, v in ranges.items() if k in r})
+        q = convert(clone(self.model), p, r, self.config.preset, per_channel=self.config.per_channel)
+        return q, p
+
+    def score(self, q: ir.Model) -> Accuracy:
+        outs = run_all(q, self.heldout)
+        ev = float(self.eval_fn(self.runner(q))) if self.eval_fn is not None else None
+        return accuracy(self.reference, outs, eval_float=self.eval_float, eval_quantized=ev)
+
+    @property
+    def specs(self):
+        return model_specs(self.model)[0]
