@@ -24,13 +24,15 @@ def add_arguments(p):
                    help="run the model on two engines, the first as reference (e.g. ort,openvino)")
     g.add_argument("--reference", default=None, metavar="OUTPUTS.npz",
                    help="golden outputs to compare the model with (as written by bushu run --save-outputs)")
-    g.add_argument("--samples", type=int, default=1, help="synthesized feeds to compare on (default: 1)")
+    g.add_argument("--samples", type=int, default=1,
+                   help="synthesized feeds to compare on, seeds SEED..SEED+N-1 (default: 1; with --input, its feeds)")
     g.add_argument("--atol", type=float, default=d.atol, help=f"absolute tolerance (default: {d.atol:g})")
     g.add_argument("--rtol", type=float, default=d.rtol, help=f"relative tolerance (default: {d.rtol:g})")
     g.add_argument("--min-cosine", type=float, default=d.min_cosine,
                    help=f"minimum cosine similarity per output (default: {d.min_cosine:g})")
     g.add_argument("--layerwise", action="store_true",
-                   help="also compare every shared intermediate tensor and name the first divergent node")
+                   help="also compare every intermediate tensor both sides share (by name) and name the first "
+                        "divergent node; an intermediate's atol is scaled by its largest reference magnitude")
     add_input_arguments(p)
 
 

@@ -10,6 +10,10 @@ judged against the *reference* (``a``/the first engine/the golden outputs):
   writes them; use the same inputs or synthesis options as that run).
 
 Memory stays flat in the number of samples: each feed is run, diffed and dropped before the next one.
+
+The verdict comes from the models as given. ``layerwise`` runs extra copies with every intermediate exposed as an
+output; exposing a tensor keeps an engine from fusing it away, so the layer-wise numbers of the final outputs can
+differ slightly from the plain run's.
 """
 
 from __future__ import annotations
