@@ -199,19 +199,23 @@ def bind_and_infer(model: ir.Model, shapes: Bindings | None = None) -> tuple[ir.
     _drop_big_initializers(work)
     proto = ir.serde.serialize_model(work)
     try:
-        _apply_types(work.graph, _infer(proto).graph)
+        inferred = _infer(proto)
     except Exception as e:  # onnx raises InferenceError, ValidationError or RuntimeError by cause
         return work, f"ONNX shape inference failed: {_first_line(e)}"
-    open_values = _non_static(work)
-    if open_values and model.opset_imports.get("", _DATA_PROP_OPSET) < _DATA_PROP_OPSET:
+    _apply_types(work.graph, inferred.graph)
+    if _non_static(work) and model.opset_imports.get("", _DATA_PROP_OPSET) < _DATA_PROP_OPSET:
         try:
-            lent = _static_shapes(_infer(onnx.version_converter.convert_version(proto, _DATA_PROP_OPSET)))
+            _lend(work, _static_shapes(_infer(onnx.version_converter.convert_version(proto, _DATA_PROP_OPSET))))
         except Exception:  # the converter lacks adapters for some ops: keep what the first inference found
-            lent = {}
-        for v in open_values:
-            if v.name in lent:
-                v.shape = ir.Shape(lent[v.name])
+            pass
     return work, None
+
+
+def _lend(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Give the values whose shape is still open the static shape found for their name by another inference."""
+    for v in _non_static(model):
+        if v.name in shapes:
+            v.shape = ir.Shape(shapes[v.name])
 
 
 def _first_line(e: Exception) -> str:
