@@ -193,11 +193,17 @@ def loads(data: bytes, source: str = "model bytes") -> ir.Model:
 
 
 def weight_bytes(model: ir.Model) -> int:
+    """Bytes of all weights: initializers and the tensors of Constant nodes (PP-OCR keeps its weights there)."""
     total = 0
     for g in [model.graph, *model.graph.subgraphs()]:
         for v in g.initializers.values():
             if v.const_value is not None:
                 total += v.const_value.nbytes
+        for node in g:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                attr = node.attributes.get("value")
+                if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                    total += attr.as_tensor().nbytes
     return total
 
 
