@@ -136,15 +136,17 @@ class InspectResult(Result):
         top = [c for c in self.nodes if not c.graph]
         by_op: dict[str, list[int]] = {}
         for c in top:
-            row = by_op.setdefault(c.op_type, [0, 0, 0])
+            row = by_op.setdefault(c.op_type, [0, 0, 0, 0])
             row[0] += 1
             row[1] += c.flops or 0
             row[2] += c.bytes or 0
+            row[3] += not c.known
         rows = sorted(by_op.items(), key=lambda kv: (-kv[1][1], -kv[1][2]))
         total = self.total_flops or 1
         out += ["", "by op type", fmt_table(
-            [[op, n, human_count(f), f"{100 * f / total:.1f}%", human_bytes(b)] for op, (n, f, b) in rows[: self.top or None]],
-            ["op", "nodes", "FLOPs", "share", "bytes"])]
+            [[op, n, human_count(f), f"{100 * f / total:.1f}%", human_bytes(b), u or ""]
+             for op, (n, f, b, u) in rows[: self.top or None]],
+            ["op", "nodes", "FLOPs", "share", "bytes", "unknown"])]
         heavy = sorted((c for c in top if c.flops), key=lambda c: -(c.flops or 0))[: self.top or None]
         out += ["", f"top {len(heavy)} nodes by FLOPs", fmt_table(
             [[c.label, c.op_type, human_count(c.flops or 0), "?" if c.bytes is None else human_bytes(c.bytes),
@@ -160,5 +162,8 @@ class InspectResult(Result):
     def _render_problems(self) -> list[str]:
         engines = ", ".join(f"{k}: {v}" for k, v in self.engines.items()) or "none checked"
         out = [f"problems    {len(self.problems) or 'none'}", f"  engines   {engines}"]
-        out += [f"  - {p}" for p in self.problems[: max(self.top, 1) * 4 if self.top else None]]
+        shown = self.problems[: self.top or None]
+        out += [f"  - {p}" for p in shown]
+        if len(shown) < len(self.problems):
+            out.append(f"  ... and {len(self.problems) - len(shown)} more (--top 0 or --json for all)")
         return out
