@@ -69,6 +69,7 @@ class HttpApp:
         except Exception as e:  # a bug: answer 500, keep serving
             log.exception("bushu serve: internal error")
             status, headers, body = 500, _JSON, error_body(f"internal error: {type(e).__name__}: {e}")
+        headers = [*headers, (b"content-length", str(len(body)).encode())]  # not chunked: one write, any client
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -173,8 +174,8 @@ class HttpApp:
         raise ProtocolError(f"no route {method} {path}: see the Open Inference Protocol (KServe v2)", status=404)
 
     async def _infer(self, scope, receive, name: str, version: str):
-        self.manager.get(name, version)  # 404 before reading a body for a model that isn't there
-        body = await self._body(scope, receive)
+        body = await self._body(scope, receive)  # read first: an unread body would break keep-alive
+        self.manager.get(name, version)
         header_length = None
         for k, v in scope["headers"]:
             if k == HEADER_LENGTH.encode():

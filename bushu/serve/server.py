@@ -141,7 +141,7 @@ class Server:
                                                 frozenset({metrics_port}) if metrics_port else frozenset()),
                       on_startup=[startup], on_shutdown=[shutdown])
         config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=o.drain_s, limit_max_requests=None)
+                                timeout_graceful_shutdown=o.drain_s, server_header=False, date_header=False)
         uvicorn.Server(config).run(sockets=socks)
         if self._startup_error is not None:
             raise self._startup_error
