@@ -103,7 +103,8 @@ def dtype_name(dt: ir.DataType | None) -> str:
 def value_spec(v: ir.Value) -> TensorSpec:
     shape = None
     if v.shape is not None:
-        shape = tuple(d if isinstance(d, int) else (d.value if d.value else None) for d in v.shape)
+        # A negative dim (PP-OCR cls declares -1) means unknown, like an unnamed symbolic dim.
+        shape = tuple((d if d >= 0 else None) if isinstance(d, int) else (d.value or None) for d in v.shape)
     return TensorSpec(v.name or "", dtype_name(v.dtype), shape)
 
 
