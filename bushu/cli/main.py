@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"bushu {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `bushu inspect m.onnx | head`: the reader left; that is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"bushu {args.command}: interrupted", file=sys.stderr)
         return 130
