@@ -38,5 +38,6 @@ def write_trace(path: str | os.PathLike, rows: Sequence[KernelRow], e2e_ms: floa
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(trace_events(rows, e2e_ms, label), f)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the result is an ordinary file
     os.replace(tmp, path)
     return path
