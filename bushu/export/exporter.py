@@ -93,7 +93,29 @@ def export_dynamo(
         input_names=list(example.names), output_names=list(output_names) if output_names else None,
         opset_version=opset, dynamic_shapes=shapes if axes else None, external_data=False,
     )
-    return program.model
+    return separate_passthrough_outputs(program.model)
+
+
+def separate_passthrough_outputs(model: ir.Model) -> ir.Model:
+    """Make every graph output a value of its own, named apart from the inputs.
+
+    A module that returns an input unchanged (``return x`` on some path) makes the dynamo exporter emit
+    ``x = Identity(x_orig)``, and naming the input ``x`` then gives two values called ``x``, which ONNX Runtime
+    refuses ("Duplicate definition of name"). Case 1: an output that *is* an input or an initializer gets its own
+    ``Identity``. Case 2: an output named like an input is renamed. Either way the output is called ``<name>_out``.
+    """
+    graph = model.graph
+    input_names = {v.name for v in graph.inputs} | set(graph.initializers)
+    for i, value in enumerate(list(graph.outputs)):
+        if value.is_graph_input() or value.is_initializer():  # Case 1
+            node = ir.Node("", "Identity", [value], num_outputs=1)
+            out = node.outputs[0]
+            out.name, out.dtype, out.shape = f"{value.name}_out", value.dtype, value.shape
+            graph.append(node)
+            graph.outputs[i] = out
+        elif value.name in input_names:  # Case 2
+            value.name = f"{value.name}_out"
+    return model
 
 
 def _params(module, n: int) -> list[str]:
