@@ -4,8 +4,9 @@
   GFLOP/s (2·n³ per product): what a well-tuned kernel reaches here, not the datasheet figure.
 - Memory: a stream-like copy of a 256 MiB array (``np.copyto``), counting bytes read plus bytes written.
 
-Both keep the fastest of a few repetitions (a peak is the best case). The result is cached in ``$BUSHU_CACHE_DIR/peaks.json`` keyed by CPU
-model, core count and library versions; ``refresh=True`` measures again.
+Both keep the fastest of a few repetitions (a peak is the best case). The result is cached in
+``$BUSHU_CACHE_DIR/peaks.json`` keyed by CPU model, core count and library versions; ``refresh=True`` measures
+again.
 """
 
 from __future__ import annotations

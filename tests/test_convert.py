@@ -1,0 +1,157 @@
+"""bushu convert and the ncnn/MNN engines, on PP-OCR cls/rec against ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import bushu
+from bushu.convert import ConversionError
+from bushu.convert.targets import converter
+from bushu.engines import open_session
+from bushu.errors import BushuError
+from bushu.inputs import synthesize
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache_dir(tmp_path_factory):
+    """A fresh conversion cache, so the conversions really run here."""
+    path = tmp_path_factory.mktemp("bushu-cache")
+    old = os.environ.get("BUSHU_CACHE_DIR")
+    os.environ["BUSHU_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("BUSHU_CACHE_DIR", None)
+    else:
+        os.environ["BUSHU_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def isnan_model(tmp_path_factory) -> Path:
+    """A graph with IsNaN, which neither pnnx/ncnn nor MNN support."""
+    m = ir.from_onnx_text("""<ir_version: 8, opset_import: ["": 17]>
+        g (float[1,3,8,8] x) => (float[1,3,8,8] y) { n = IsNaN(x)  c = Cast<to=1>(n)  y = Add(x, c) }""")
+    path = tmp_path_factory.mktemp("isnan") / "isnan.onnx"
+    bushu.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("target", ["ncnn", "mnn", "openvino"])
+def test_ppocr_cls_converts_and_matches_ort(target, ppocr_cls, tmp_path):
+    r = bushu.convert(ppocr_cls, target, tmp_path / target)
+    assert r, r.render()
+    assert r.error is None and r.outputs and all(o.passed for o in r.outputs)
+    assert r.outputs[0].max_abs < 1e-4 and r.outputs[0].top1 == 1.0
+    assert all(Path(f).is_file() and Path(f).stat().st_size > 0 for f in r.files)
+    assert sorted(Path(f).name for f in r.files) == sorted(converter(target).FILES)
+    assert json.loads(r.to_json())["kind"] == "convert"
+
+
+@pytest.mark.parametrize("engine", ["ncnn", "mnn"])
+def test_engine_runs_onnx_directly_at_several_batch_sizes(engine, ppocr_cls):
+    ref = open_session(ppocr_cls, "ort")
+    sess = open_session(ppocr_cls, engine)
+    for batch in (1, 3):
+        feed = synthesize(ref.inputs, shapes={"x": (batch, 3, 48, 192)}, seed=batch)
+        got, want = sess.run(feed), ref.run(feed)
+        for name, w in want.items():
+            assert got[name].shape == w.shape
+            np.testing.assert_allclose(got[name], w, atol=1e-4, rtol=1e-3)
+            assert (got[name].argmax(-1) == w.argmax(-1)).all()
+
+
+def test_conversion_is_cached_by_content(ppocr_cls, cache_dir, tmp_path):
+    open_session(ppocr_cls, "mnn")
+    entries = sorted((cache_dir / "convert" / "mnn").iterdir())
+    open_session(ppocr_cls, "mnn")
+    assert sorted((cache_dir / "convert" / "mnn").iterdir()) == entries  # a hit: nothing new
+    model = bushu.load(ppocr_cls)
+    const = next(n for n in model.graph if n.op_type == "Constant" and n.attributes["value"].value.size > 10)
+    arr = const.attributes["value"].value.numpy().copy()
+    arr.flat[0] += 1.0  # PP-OCR keeps its weights in Constant nodes
+    const.attributes["value"] = ir.AttrTensor("value", ir.tensor(arr))
+    open_session(model, "mnn")
+    assert len(list((cache_dir / "convert" / "mnn").iterdir())) == len(entries) + 1  # changed weights: converted again
+
+
+def test_ncnn_refuses_a_shape_pnnx_fixed(ppocr_rec):
+    sess = open_session(ppocr_rec, "ncnn", shapes={"x": (1, 3, 48, 320)})
+    assert sess.inputs[0].shape[1:] == (3, 48, 320)
+    ref = open_session(ppocr_rec, "ort")
+    feed = synthesize(ref.inputs, shapes={"x": (2, 3, 48, 320)})
+    np.testing.assert_allclose(sess.run(feed)["softmax_11.tmp_0"], ref.run(feed)["softmax_11.tmp_0"], atol=1e-4)
+    with pytest.raises(BushuError, match="converted for"):
+        sess.run(synthesize(ref.inputs, shapes={"x": (1, 3, 48, 160)}))
+
+
+@pytest.mark.parametrize("target", ["ncnn", "mnn"])
+def test_refused_conversion_names_the_op_and_writes_nothing(target, isnan_model, tmp_path):
+    out = tmp_path / "out"
+    r = bushu.convert(isnan_model, target, out)
+    assert not r and r.error and "IsNaN" in r.unsupported
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(ConversionError, match="IsNaN"):
+        open_session(isnan_model, target)
+
+
+def test_cli_convert_exit_codes(cli, ppocr_cls, isnan_model, tmp_path):
+    ok = cli("convert", ppocr_cls, "--to", "mnn", "-o", tmp_path / "m", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["outputs"][0]["passed"] is True  # MNN's banner did not reach stdout
+    again = cli("convert", ppocr_cls, "--to", "mnn", "-o", tmp_path / "m")
+    assert again.returncode == 2 and "--force" in again.stderr and "\n" not in again.stderr.strip()
+    refused = cli("convert", isnan_model, "--to", "mnn", "-o", tmp_path / "bad")
+    assert refused.returncode == 1 and "IsNaN" in refused.stdout
+
+
+def test_compare_runs_on_converted_engines(cli, ppocr_cls):
+    res = cli("compare", ppocr_cls, "--engines", "ort,ncnn", "--json")
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert json.loads(res.stdout)["outputs"][0]["passed"] is True
+
+
+_AUDIT = textwrap.dedent("""
+    import json, os, sys
+    _log = os.environ["BUSHU_AUDIT_LOG"]
+    def _hook(event, args):
+        if event in ("socket.connect", "socket.getaddrinfo", "subprocess.Popen", "os.system", "os.exec",
+                     "os.posix_spawn", "os.spawn", "urllib.Request"):
+            with open(_log, "a") as f:
+                f.write(json.dumps([event, repr(args)[:300]]) + "\\n")
+    sys.addaudithook(_hook)
+""")
+
+
+def test_mnn_conversion_installs_nothing_and_opens_no_connection(ppocr_cls, tmp_path):
+    """Every Python process of the conversion (the CLI and the converter child) records its subprocesses and
+    sockets through an audit hook in sitecustomize; strace, when installed, also sees C-level connects."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_AUDIT)
+    log = tmp_path / "audit.log"
+    env = {**os.environ, "PYTHONPATH": str(site), "BUSHU_AUDIT_LOG": str(log), "BUSHU_CACHE_DIR": str(tmp_path / "c")}
+    cmd = [sys.executable, "-m", "bushu", "convert", str(ppocr_cls), "--to", "mnn", "-o", str(tmp_path / "out")]
+    strace = shutil.which("strace")
+    trace = tmp_path / "strace.txt"
+    if strace:
+        cmd = [strace, "-f", "-qq", "-e", "trace=connect,execve", "-o", str(trace), *cmd]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    assert not [e for e in events if e[0].startswith("socket") or e[0] == "urllib.Request"], events
+    spawned = [e[1] for e in events if e[0] in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn")]
+    assert spawned, "the converter child process should have been seen"
+    assert not [s for s in spawned if "pip" in s or "aliyun" in s], spawned
+    if strace:
+        text = trace.read_text()
+        assert "AF_INET" not in text, [ln for ln in text.splitlines() if "AF_INET" in ln]
+        assert "/pip" not in text and "pip install" not in text
