@@ -65,7 +65,7 @@ def _convert(d: dict) -> str:
 
 
 def _diff_rows(outputs: list) -> str:
-    return table([[o["name"], verdict(None) or ("PASS" if o.get("passed") else "FAIL"), o.get("max_abs"),
+    return table([[o["name"], "PASS" if o.get("passed") else "FAIL", o.get("max_abs"),
                    o.get("max_rel"), o.get("cosine"), o.get("snr_db"), o.get("top1"), o.get("note")] for o in outputs],
                  ["output", "verdict", "max_abs", "max_rel", "cosine", "SNR dB", "top1", "note"])
 

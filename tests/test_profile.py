@@ -1,0 +1,116 @@
+"""bushu profile on PP-OCR cls: kernels mapped to ONNX nodes, joined with FLOPs, trace, peaks; the mapping rules."""
+
+from __future__ import annotations
+
+import json
+
+import onnx_ir as ir
+import pytest
+
+import bushu
+from bushu.inspect import node_costs
+from bushu.profile import ProfileResult
+from bushu.profile.mapping import attribute, name_nodes
+
+
+@pytest.fixture(scope="module")
+def traced(ppocr_cls, tmp_path_factory):
+    trace = tmp_path_factory.mktemp("trace") / "cls.trace.json"
+    return bushu.profile(ppocr_cls, "ort", budget_s=0.5, trace=trace), trace
+
+
+@pytest.fixture(scope="module")
+def ov(ppocr_cls) -> ProfileResult:
+    return bushu.profile(ppocr_cls, "openvino", budget_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def costs(ppocr_cls):
+    model = name_nodes(bushu.load(ppocr_cls))
+    return {c.name: c for c in node_costs(model, {"x": (1, 3, 48, 192)}) if not c.graph}
+
+
+def test_ort_kernels_cover_every_compute_node_once(traced, costs):
+    r, _ = traced
+    claimed = [n for row in r.rows for n in row.nodes]
+    assert len(claimed) == len(set(claimed))  # no node in two kernels
+    convs = {n for n, c in costs.items() if c.op_type == "Conv"}
+    assert convs <= set(claimed)
+    assert not r.unattributed
+
+
+def test_flops_are_joined_and_rates_follow(traced, costs):
+    r, _ = traced
+    joined = sum(row.flops or 0 for row in r.rows)
+    assert joined == sum(c.flops for c in costs.values() if c.flops)  # every FLOP lands in exactly one kernel
+    assert r.total_flops == joined
+    for row in r.rows:
+        if row.flops and row.time_ms > 0:
+            assert row.gflops_s == pytest.approx(row.flops / (row.time_ms * 1e6))
+            assert row.pct_peak == pytest.approx(100 * row.gflops_s / r.peaks.gflops)
+        if row.intensity is not None:
+            assert row.bound == ("compute" if row.intensity >= r.peaks.ridge else "memory")
+    conv = next(o for o in r.by_op if o.op_type == "Conv")
+    assert conv.kernels >= 40 and conv.flops > 0.9 * joined  # a CNN: the convolutions hold the FLOPs
+
+
+def test_layout_kernels_are_kept_apart(traced):
+    r, _ = traced
+    layout = [row for row in r.rows if row.bound == "layout"]
+    assert all(not row.nodes and row.op_type.startswith("Reorder") for row in layout)
+
+
+def test_times_add_up(traced):
+    r, _ = traced
+    assert r.kernels_ms == pytest.approx(sum(row.time_ms for row in r.rows))
+    assert sum(row.time_pct for row in r.rows) == pytest.approx(100)
+    assert 0.3 < r.coverage < 1.5  # per run, kernel time is most of the run (within 10 % on a quiet machine)
+    assert bool(r) == (abs(r.coverage - 1) <= 0.10)
+
+
+def test_trace_is_valid_chrome_trace_json(traced):
+    r, path = traced
+    data = json.loads(path.read_text())
+    spans = [e for e in data["traceEvents"] if e["ph"] == "X" and e["tid"] == 1]
+    assert len(spans) == len(r.rows)
+    assert sum(e["dur"] for e in spans) == pytest.approx(r.kernels_ms * 1e3, rel=1e-3)
+    assert all(spans[i]["ts"] <= spans[i + 1]["ts"] for i in range(len(spans) - 1))
+    assert any(e["args"]["onnx_nodes"] for e in spans)
+
+
+def test_openvino_layers_map_to_onnx_nodes(ov, costs):
+    assert ov.engine == "openvino" and ov.rows
+    named = [n for row in ov.rows for n in row.nodes]
+    assert set(named) <= set(costs)
+    assert sum(row.flops or 0 for row in ov.rows) > 0.9 * sum(c.flops for c in costs.values() if c.flops)
+
+
+def test_peaks_are_cached(traced, tmp_path, monkeypatch):
+    r, _ = traced
+    assert r.peaks.gflops > 1 and r.peaks.bandwidth_gbs > 0.5
+    monkeypatch.setenv("BUSHU_CACHE_DIR", str(tmp_path))
+    from bushu.profile import peaks
+
+    first = peaks()
+    assert (tmp_path / "peaks.json").is_file()
+    assert peaks() == first  # the second call reads the cache
+
+
+def test_attribute_gives_fused_chains_to_their_kernel():
+    m = ir.from_onnx_text("""<ir_version: 8, opset_import: ["": 17]>
+        g (float[1,3,8,8] x, float[4,3,3,3] w) => (float[1,4,6,6] y) {
+            c = Conv(x, w)  b = Relu(c)  s = Shape(b)  y = Sigmoid(b) }""")
+    name_nodes(m)
+    assert [n.name for n in m.graph] == ["Conv_0", "Relu_1", "Shape_2", "Sigmoid_3"]
+    # kernel 0 ran Conv+Relu but names only its output's producer (Relu), as ORT's fused kernels do
+    assert attribute(m, [("Relu_1",), ("Sigmoid_3",)]) == [("Conv_0", "Relu_1"), ("Sigmoid_3",)]
+    assert attribute(m, [("Conv_0",), ("Relu_1",)]) == [("Conv_0",), ("Relu_1",)]
+
+
+def test_cli_profile(cli, ppocr_cls, tmp_path):
+    res = cli("profile", ppocr_cls, "--budget", "0.2", "--json", "--trace", tmp_path / "t.json")
+    assert res.returncode in (0, 1), res.stderr  # 1: coverage outside 10 % on a busy machine
+    d = json.loads(res.stdout)
+    assert d["kind"] == "profile" and d["rows"] and (tmp_path / "t.json").is_file()
+    bad = cli("profile", ppocr_cls, "--engine", "ncnn")
+    assert bad.returncode == 2
