@@ -29,6 +29,7 @@ from .verify import DEFAULT_TOL, Verifier, first_divergent_node, make_feeds
 
 __all__ = ["optimize", "OptimizeResult", "check_model"]
 
+MAX_ROUNDS = 4
 VERIFY_EACH_LIMIT = 1 << 30  # bytes of weights; above it each pass would cost a full ORT load, so verify at the end
 
 
@@ -108,6 +109,9 @@ def optimize(
     src = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
     name = str(src.meta.get("bushu.path") or src.graph.name or "model")
     names = pipeline.select(level, passes, skip)
+    source = bir.source_path(src)
+    if output is not None and source is not None and os.path.realpath(output) == str(source) and not force:
+        raise BushuError(f"refusing to overwrite the input {output}: choose another output path or pass --force")
     verify = verify or ("each" if bir.weight_bytes(src) < VERIFY_EACH_LIMIT else "end")
     if verify not in ("each", "end", "off"):
         raise BushuError(f"unknown --verify '{verify}': choose each, end or off")
@@ -127,10 +131,20 @@ def optimize(
             raise BushuError(f"converting to opset {opset} changed the outputs ({failure.reason}): keep the "
                              "model's opset")
     ctx = PassContext(PassOptions(fold_size_limit=fold_size_limit))
-    steps = []
-    for pass_name in progress(names, total=len(names), desc="optimize", enabled=show_progress):
-        work, step = _run_step(pass_name, work, ctx, verifier if verify == "each" else None, feeds)
-        steps.append(step)
+    steps: list[Step] = []
+    # Rerun the pipeline until a round changes nothing, so optimizing the output again is a no-op (idempotent):
+    # a pass late in the list (shape inference, a fusion) can open work for one earlier in it.
+    # A pass rolled back once is not retried: it is named once in the report.
+    for round_ in range(MAX_ROUNDS):
+        kept = 0
+        failed = {s.name for s in steps if s.status in ("rolled back", "crashed")}
+        todo = [n for n in names if n not in failed]
+        for pass_name in progress(todo, total=len(todo), desc=f"optimize round {round_ + 1}", enabled=show_progress):
+            work, step = _run_step(pass_name, work, ctx, verifier if verify == "each" else None, feeds)
+            steps.append(step)
+            kept += step.status == "kept"
+        if not kept:
+            break
     tidy(work)
     verify_error = None
     if verifier is not None:

@@ -23,9 +23,12 @@ def _size(model: ir.Model) -> int:
 def run(model: ir.Model, ctx: PassContext) -> int:
     before = _size(model)
     RemoveUnusedNodesPass()(model)
+    # Readers are found by walking the nodes that are in the graphs: a value's use list can still hold a node
+    # that a rewrite detached.
+    read = {id(v) for g in graphs(model) for n in g for v in n.inputs if v is not None}
     for g in graphs(model)[1:]:
         for name, v in list(g.initializers.items()):
-            if not v.uses() and not v.is_graph_output():
+            if id(v) not in read and not v.is_graph_output():
                 del g.initializers[name]
     if model.ir_version >= 4:
         RemoveInitializersFromInputsPass()(model)

@@ -36,7 +36,7 @@ def _fold(graph: ir.Graph, node: ir.Node, producer: ir.Node) -> bool:
     y = producer.outputs[0]
     other = node.inputs[1] if node.inputs[0] is y else node.inputs[0]
     c, w, b = const(other), const(producer.inputs[1]), None
-    if c is None or w is None or y.shape is None or len(y.uses()) != 1 or y.is_graph_output():
+    if c is None or w is None or len(y.uses()) != 1 or y.is_graph_output():
         return False
     has_bias = len(producer.inputs) > 2 and producer.inputs[2] is not None
     if not (_private(producer.inputs[1], producer) and _private(producer.inputs[2] if has_bias else None, producer)):
@@ -47,7 +47,8 @@ def _fold(graph: ir.Graph, node: ir.Node, producer: ir.Node) -> bool:
     trans_b = gemm and producer.attributes.get_int("transB", 0) == 1
     w_axis = (0 if trans_b else 1) if gemm else 0
     axis = -1 if gemm else 1
-    vec = _channel_vector(c, len(y.shape), axis, w.shape[w_axis])
+    rank = 2 if gemm else w.ndim  # Conv's output has its weight's rank: (N, C, spatial...)
+    vec = _channel_vector(c, rank, axis, w.shape[w_axis])
     if vec is None:
         return False
     b = const(producer.inputs[2]) if has_bias else np.zeros(w.shape[w_axis], w.dtype)
@@ -71,8 +72,8 @@ def _fold(graph: ir.Graph, node: ir.Node, producer: ir.Node) -> bool:
     out = node.outputs[0]
     ir.convenience.replace_all_uses_with(out, y, replace_graph_outputs=True)
     graph.remove(node, safe=True)
-    if y.is_graph_output():
-        y.name = out.name  # the output's name is part of the signature
+    if y.is_graph_output():  # the output's name and type are part of the signature
+        y.name, y.type, y.shape = out.name, y.type or out.type, y.shape or out.shape
     return True
 
 

@@ -23,8 +23,9 @@ class _CheckBias:
 
 
 def _rules():
-    classes = [gemm.MatMulAddToGemm, gemm.TransAMatMulAddToGemm, gemm.TransBMatMulAddToGemm,
-               gemm.TransABMatMulAddToGemm]
+    # NOTE: the Transpose forms first, or the plain rule takes the MatMul and leaves the Transpose.
+    classes = [gemm.TransABMatMulAddToGemm, gemm.TransAMatMulAddToGemm, gemm.TransBMatMulAddToGemm,
+               gemm.MatMulAddToGemm]
     return [type(c.__name__, (_CheckBias, c), {}).rule() for c in classes]
 
 

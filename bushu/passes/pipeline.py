@@ -42,11 +42,12 @@ FUSIONS = [
 ]
 
 LEVELS: dict[str, list[str]] = {
-    "basic": CLEANUP,
-    "extended": [*CLEANUP, *FOLDS, *FUSIONS, "fold-constants", "dead-code"],
+    "basic": [*CLEANUP, "shape-inference"],
+    # NOTE: shape-inference last, so the values the rewrites created are typed: rerunning changes nothing.
+    "extended": [*CLEANUP, *FOLDS, *FUSIONS, "fold-constants", "dead-code", "shape-inference"],
     # NOTE: matmul-to-gemm last: a Gemm hides the MatMul+Add a LayerNorm/attention pattern would start from.
     "all": [*CLEANUP, *FOLDS, *FUSIONS, "matmul-to-gemm", "fold-constants", "eliminate-no-ops", "dead-code", "cse",
-            "dedup-initializers"],
+            "dedup-initializers", "shape-inference"],
 }
 
 

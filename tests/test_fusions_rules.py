@@ -1,0 +1,165 @@
+"""Fusions to standard ONNX ops: structural (ONNX text) and numerical before/after tests, refusals, opset notes."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+import bushu
+from test_passes_cleanup import ops, same_outputs
+
+
+def fuse(text: str, opset: int, *passes: str):
+    before = ir.from_onnx_text(f'<ir_version: 9, opset_import: ["" : {opset}]>\n' + text)
+    after, result = bushu.optimize(before, passes=list(passes), latency=False, show_progress=False)
+    assert result and not result.rolled_back, result.render()
+    return before, after, result
+
+
+LAYERNORM = """
+    g (float[N, 5, 8] x) => (float[N, 5, 8] y) <float[8] s = {1, 2, 3, 4, 5, 6, 7, 8},
+       float[8] b = {0, 1, 0, 1, 0, 1, 0, 1}, float two = {2}, float eps = {1e-5}, int64[1] ax = {-1}> {
+      m = ReduceMean (x, ax)
+      d = Sub (x, m)
+      p = Pow (d, two)
+      v = ReduceMean (p, ax)
+      e = Add (v, eps)
+      r = Sqrt (e)
+      n = Div (d, r)
+      sc = Mul (n, s)
+      y = Add (sc, b)
+    }"""
+
+
+def test_layernorm_fuses_at_opset_18():
+    before, after, result = fuse(LAYERNORM, 18, "fuse-layernorm", "dead-code")
+    assert ops(after) == ["LayerNormalization"]
+    node = after.graph.node(0)
+    assert node.attributes["axis"].as_int() == -1
+    assert abs(node.attributes["epsilon"].as_float() - 1e-5) < 1e-12
+    assert result.fired["fuse-layernorm"] == 1
+    same_outputs(before, after)
+
+
+def test_layernorm_refused_below_opset_17_with_the_reason():
+    text = LAYERNORM.replace("m = ReduceMean (x, ax)", "m = ReduceMean <axes = [-1]> (x)").replace(
+        "v = ReduceMean (p, ax)", "v = ReduceMean <axes = [-1]> (p)")
+    _, after, result = fuse(text, 13, "fuse-layernorm")
+    assert "LayerNormalization" not in ops(after)
+    assert any("LayerNormalization needs opset 17, the model has 13" in n for n in result.notes), result.notes
+
+
+def test_layernorm_refuses_a_wrong_exponent():
+    _, after, result = fuse(LAYERNORM.replace("float two = {2}", "float two = {3}"), 18, "fuse-layernorm")
+    assert "LayerNormalization" not in ops(after)
+    assert any("the exponent is 3, not 2" in n for n in result.notes), result.notes
+
+
+def test_gelu_exact_and_tanh():
+    before, after, result = fuse("""
+    g (float[N, 16] x) => (float[N, 16] y) <float s = {1.4142135}, float one = {1}, float half = {0.5},
+        float three = {3}, float k1 = {0.044715}, float k0 = {0.7978846}> {
+      a = Div (x, s)
+      e = Erf (a)
+      f = Add (e, one)
+      g1 = Mul (x, f)
+      exact = Mul (g1, half)
+      c = Pow (x, three)
+      c1 = Mul (k1, c)
+      i = Add (x, c1)
+      i0 = Mul (i, k0)
+      t = Tanh (i0)
+      t1 = Add (one, t)
+      h = Mul (half, x)
+      approx = Mul (h, t1)
+      y = Add (exact, approx)
+    }""", 20, "fuse-gelu", "dead-code")
+    assert ops(after) == ["Gelu", "Gelu", "Add"]
+    assert sorted(n.attributes.get_string("approximate", "none") for n in after.graph if n.op_type == "Gelu") == [
+        "none", "tanh"]
+    assert result.fired["fuse-gelu"] == 2
+    same_outputs(before, after)
+
+
+def test_hardswish_and_hardsigmoid():
+    before, after, _ = fuse("""
+    g (float[N, 8] x) => (float[N, 8] y) <float three = {3}, float zero = {0}, float six = {6}, float sixth = {0.16666667}> {
+      a = Add (x, three)
+      c = Clip (a, zero, six)
+      m = Mul (x, c)
+      hs = Div (m, six)
+      a2 = Add (hs, three)
+      c2 = Clip (a2, zero, six)
+      y = Mul (c2, sixth)
+    }""", 14, "fuse-hardswish", "dead-code")
+    assert ops(after) == ["HardSwish", "HardSigmoid"]
+    same_outputs(before, after)
+
+
+def test_hardswish_below_opset_14_becomes_x_times_hardsigmoid():
+    before, after, result = fuse("""
+    g (float[N, 8] x) => (float[N, 8] y) <float three = {3}, float zero = {0}, float six = {6}> {
+      a = Add (x, three)
+      c = Clip (a, zero, six)
+      m = Mul (x, c)
+      y = Div (m, six)
+    }""", 12, "fuse-hardswish", "dead-code")
+    assert ops(after) == ["HardSigmoid", "Mul"]
+    assert any("HardSwish needs opset 14" in n for n in result.notes)
+    same_outputs(before, after)
+
+
+def test_softplus_then_mish():
+    before, after, _ = fuse("""
+    g (float[N, 8] x) => (float[N, 8] y) <float one = {1}> {
+      e = Exp (x)
+      a = Add (e, one)
+      sp = Log (a)
+      t = Tanh (sp)
+      y = Mul (x, t)
+    }""", 18, "fuse-softplus", "fuse-mish", "dead-code")
+    assert ops(after) == ["Mish"]
+    same_outputs(before, after)
+
+
+def test_rmsnorm():
+    before, after, _ = fuse("""
+    g (float[N, 4, 8] x) => (float[N, 4, 8] y) <float[8] s = {1, 2, 3, 4, 5, 6, 7, 8}, float two = {2},
+        float eps = {1e-6}, int64[1] ax = {-1}> {
+      p = Pow (x, two)
+      m = ReduceMean (p, ax)
+      e = Add (m, eps)
+      r = Sqrt (e)
+      n = Div (x, r)
+      y = Mul (n, s)
+    }""", 23, "fuse-rmsnorm", "dead-code")
+    assert ops(after) == ["RMSNormalization"]
+    same_outputs(before, after)
+
+
+def test_softmax_plain_and_stable():
+    before, after, _ = fuse("""
+    g (float[N, 3, 8] x) => (float[N, 3, 8] y, float[N, 3, 8] z) <int64[1] ax = {-1}> {
+      e = Exp (x)
+      s = ReduceSum (e, ax)
+      y = Div (e, s)
+      mx = ReduceMax <axes = [-1]> (x)
+      d = Sub (x, mx)
+      e2 = Exp (d)
+      s2 = ReduceSum (e2, ax)
+      z = Div (e2, s2)
+    }""", 17, "fuse-softmax", "dead-code")
+    assert ops(after) == ["Softmax", "Softmax"]
+    same_outputs(before, after)
+
+
+def test_fusions_reach_if_bodies():
+    before, after, result = fuse("""
+    g (float[N, 8] x, bool c) => (float[N, 8] y) <float one = {1}> {
+      y = If (c) <then_branch = t () => (float[N, 8] o) { e = Exp (x)
+                                                         a = Add (e, one)
+                                                         o = Log (a) },
+                 else_branch = f () => (float[N, 8] o2) { o2 = Neg (x) }>
+    }""", 17, "fuse-softplus", "dead-code")
+    body = after.graph.node(0).attributes["then_branch"].as_graph()
+    assert [n.op_type for n in body] == ["Softplus"]
+    same_outputs(before, after, values={"c": 1})

@@ -1,0 +1,158 @@
+"""End to end on the real models: fewer nodes, same outputs, checker-clean, idempotent, deterministic; rollback of
+a bad pass; bad input; external data; the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import bushu
+import bushu.zoo
+from bushu.passes import registry
+from bushu.passes.verify import make_feeds, run_ort
+
+ZOO = ["ppocr-det", "ppocr-rec", "ppocr-cls", "silero-vad"]
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory, ppocr_det, ppocr_rec, ppocr_cls, silero_vad, torch_zoo):
+    """name -> (source path, output path, result), optimized once with the defaults (verify each)."""
+    out = tmp_path_factory.mktemp("optimized")
+    sources = {"ppocr-det": ppocr_det, "ppocr-rec": ppocr_rec, "ppocr-cls": ppocr_cls, "silero-vad": silero_vad,
+               "minilm-legacy": torch_zoo("minilm", legacy=True)}
+    done = {}
+    for name, src in sources.items():
+        _, result = bushu.optimize(src, out / f"{name}.onnx", latency=False, show_progress=False)
+        done[name] = (src, out / f"{name}.onnx", result)
+    return done
+
+
+@pytest.mark.parametrize("name", [*ZOO, "minilm-legacy"])
+def test_fewer_nodes_same_outputs_checker_clean(optimized, name):
+    src, out, result = optimized[name]
+    assert result, result.render()
+    assert not result.rolled_back, result.render()
+    assert sum(result.nodes_after.values()) < 0.8 * sum(result.nodes_before.values())
+    onnx.checker.check_model(str(out), full_check=True)
+    a, b = bushu.load(src), bushu.load(out)
+    feeds = make_feeds(a, samples=1, seed=123)  # a sample the verification did not use
+    (ref,), (got,) = run_ort(a, feeds), run_ort(b, feeds)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_idempotent(optimized, name, tmp_path):
+    _, out, _ = optimized[name]
+    again = tmp_path / "again.onnx"
+    extra = bushu.zoo.MODELS[name]  # the output is no zoo file: give the inputs the zoo records (silero's sr)
+    _, result = bushu.optimize(out, again, verify="end", latency=False, show_progress=False, shapes=extra.shapes,
+                               values=extra.values)
+    assert result.nodes_after == result.nodes_before
+    assert again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["ppocr-cls", "silero-vad"])
+def test_deterministic(optimized, name, tmp_path):
+    src, out, _ = optimized[name]
+    _, _ = bushu.optimize(src, tmp_path / "b.onnx", latency=False, show_progress=False)
+    assert (tmp_path / "b.onnx").read_bytes() == out.read_bytes()
+
+
+def test_dynamic_dims_survive(optimized):
+    _, out, _ = optimized["ppocr-det"]
+    dims = bushu.load(out).graph.inputs[0].shape
+    assert [str(d) for d in dims][0].startswith("p2o.DynamicDimension")
+    _, out, _ = optimized["minilm-legacy"]
+    assert [str(d) for d in bushu.load(out).graph.inputs[0].shape] == ["batch", "sequence"]
+
+
+def test_a_wrong_pass_is_rolled_back_and_named(monkeypatch, ppocr_cls):
+    def perturb(model, ctx):
+        """Scale the first Conv weight by 1.01: a 'fold' that changes the results."""
+        conv = next(n for n in model.graph if n.op_type == "Conv")
+        w = conv.inputs[1]
+        conv.replace_input_with(1, _initializer(model.graph, w.const_value.numpy() * 1.01, "perturbed"))
+        return 1
+
+    monkeypatch.setitem(registry._PASSES, "perturb-weight",
+                        registry.PassInfo("perturb-weight", "test only", "fold", perturb))
+    out, result = bushu.optimize(ppocr_cls, passes="lift-constants,perturb-weight,fold-batchnorm", latency=False,
+                                 show_progress=False)
+    assert result, result.render()  # the output is still right: the bad pass was undone
+    [bad] = result.rolled_back
+    assert bad.name == "perturb-weight" and "FAIL" in bad.reason
+    assert bad.divergence and "Conv" in bad.divergence, bad.divergence
+    assert "perturbed" not in out.graph.initializers
+    assert result.fired.get("fold-batchnorm", 0) == 35  # the pipeline went on
+    assert "rolled back perturb-weight" in result.render()
+
+
+def _initializer(graph, array, name):
+    from bushu.passes._rewire import new_initializer
+
+    return new_initializer(graph, array.astype(np.float32), name)
+
+
+def test_checker_rejected_model_needs_allow_invalid(tmp_path):
+    bad = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["i"]), onnx.helper.make_node("Concat", ["i", "x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])]),  # Concat without its axis
+        opset_imports=[onnx.helper.make_opsetid("", 17)])
+    path = tmp_path / "bad.onnx"
+    onnx.save(bad, path)
+    with pytest.raises(bushu.BushuError, match="fails onnx.checker.*--allow-invalid"):
+        bushu.optimize(path, latency=False)
+    out, result = bushu.optimize(path, allow_invalid=True, verify="off", latency=False, show_progress=False)
+    assert [n.op_type for n in out.graph] == ["Concat"]
+
+
+def test_external_data_mechanism(monkeypatch, tmp_path, ppocr_cls):
+    import bushu.ir as bir
+
+    monkeypatch.setattr(bir, "EXTERNAL_DATA_THRESHOLD", 100_000)  # stands in for protobuf's 2 GB limit
+    src = tmp_path / "ext.onnx"
+    bir.save(bir.load(ppocr_cls), src, external_data=True)
+    assert (tmp_path / "ext.onnx.data").exists()
+    out = tmp_path / "out.onnx"
+    _, result = bushu.optimize(src, out, verify="end", latency=False, show_progress=False)
+    assert result, result.render()
+    assert (tmp_path / "out.onnx.data").stat().st_size > 100_000
+    assert out.stat().st_size < 100_000  # the weights went to the data file
+    feeds = make_feeds(bir.load(ppocr_cls), samples=1)
+    (ref,), (got,) = run_ort(bir.load(ppocr_cls), feeds), run_ort(bir.load(out), feeds)
+    np.testing.assert_allclose(got["softmax_0.tmp_0"] if "softmax_0.tmp_0" in got else next(iter(got.values())),
+                               ref["softmax_0.tmp_0"] if "softmax_0.tmp_0" in ref else next(iter(ref.values())),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_output_runs_on_openvino(optimized):
+    from bushu import engines
+
+    if "openvino" not in engines.available():
+        pytest.skip("openvino not installed")
+    src, out, _ = optimized["ppocr-rec"]
+    a = bushu.load(src)
+    feed = make_feeds(a, samples=1)[0]
+    ref = engines.open_session(a, "openvino").run(feed)
+    got = engines.open_session(bushu.load(out), "openvino").run(feed)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, atol=1e-4)
+
+
+def test_cli(cli, ppocr_cls, tmp_path):
+    out = tmp_path / "cls.onnx"
+    r = cli("optimize", ppocr_cls, "-o", out, "--json", "-q", "--no-latency", "--verify", "end")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["kind"] == "optimize" and data["fired"]["fold-batchnorm"] == 35 and out.exists()
+    r = cli("optimize", ppocr_cls, "-o", tmp_path / "x.onnx", "--passes", "nope")
+    assert r.returncode == 2 and "unknown pass 'nope'" in r.stderr and "fold-constants" in r.stderr
+    r = cli("optimize", out, "-o", out, "--no-latency")
+    assert r.returncode == 2 and "--force" in r.stderr
+    r = cli("optimize", "--list")
+    assert r.returncode == 0 and "fuse-layernorm" in r.stdout and "extended:" in r.stdout

@@ -1,0 +1,101 @@
+"""Folds into weights: structural (ONNX text) and numerical before/after tests, and real legacy exports."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+import bushu
+from test_passes_cleanup import HEAD, ops, optimize, same_outputs
+
+CONV_BN = """
+    g (float[N, 2, 5, 5] x) => (float[N, 3, 5, 5] y)
+      <float[3, 2, 3, 3] w = {%s}, float[3] b = {0.1, 0.2, 0.3}, float[3] s = {1.5, 0.5, 2.0},
+       float[3] o = {0.1, -0.2, 0.3}, float[3] m = {0.05, 0.1, -0.1}, float[3] v = {1.0, 2.0, 0.5}> {
+      c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+      y = BatchNormalization <epsilon = 0.001> (c, s, o, m, v)
+    }""" % ", ".join(f"{((i * 7) % 11 - 5) / 10:g}" for i in range(54))
+
+
+def test_fold_batchnorm_into_conv():
+    before, after, result = optimize(CONV_BN, "fold-batchnorm", "dead-code")
+    assert ops(after) == ["Conv"]
+    assert result.fired["fold-batchnorm"] == 1
+    same_outputs(before, after)
+
+
+def test_fold_conv_affine_takes_per_channel_mul_and_bias_add():
+    before, after, result = optimize("""
+    g (float[N, 2, 4, 4] x) => (float[N, 3, 4, 4] y) <float[3, 2, 1, 1] w = {1, 2, 3, 4, 5, 6},
+        float[1, 3, 1, 1] k = {0.5, 2, -1}, float[3, 1, 1] a = {1, 2, 3}> {
+      c = Conv (x, w)
+      m = Mul (c, k)
+      y = Add (a, m)
+    }""", "fold-conv-affine", "dead-code")
+    assert ops(after) == ["Conv"]
+    conv = after.graph.node(0)
+    np.testing.assert_allclose(conv.inputs[2].const_value.numpy(), [1, 2, 3])
+    np.testing.assert_allclose(conv.inputs[1].const_value.numpy().reshape(3, 2), [[0.5, 1], [6, 8], [-5, -6]])
+    assert result.fired["fold-conv-affine"] == 2
+    assert after.graph.outputs[0].name == "y"
+    same_outputs(before, after)
+
+
+def test_fold_conv_affine_refuses_a_spatial_broadcast():
+    _, after, result = optimize("""
+    g (float[N, 2, 4, 4] x) => (float[N, 3, 4, 4] y) <float[3, 2, 1, 1] w = {1, 2, 3, 4, 5, 6},
+        float[1, 1, 1, 4] k = {1, 2, 3, 4}> {
+      c = Conv (x, w)
+      y = Mul (c, k)
+    }""", "fold-conv-affine")
+    assert ops(after) == ["Conv", "Mul"]
+    assert "fold-conv-affine" not in result.fired
+
+
+def test_fold_pad_into_conv():
+    before, after, _ = optimize("""
+    g (float[N, 2, 4, 4] x) => (float[N, 1, 4, 4] y) <float[1, 2, 3, 3] w = {%s}, int64[8] p = {0, 0, 1, 1, 0, 0, 1, 1}> {
+      q = Pad (x, p)
+      y = Conv (q, w)
+    }""" % ", ".join(str(i % 5) for i in range(18)), "fold-pad", "dead-code")
+    assert ops(after) == ["Conv"]
+    assert list(after.graph.node(0).attributes["pads"].as_ints()) == [1, 1, 1, 1]
+    same_outputs(before, after)
+
+
+def test_matmul_add_to_gemm_only_where_legal():
+    before, after, _ = optimize("""
+    g (float[4, 3] a, float[2, 4, 3] a3) => (float[4, 2] y, float[2, 4, 2] y3)
+      <float[2, 3] b = {1, 2, 3, 4, 5, 6}, float[3, 2] b3 = {1, 2, 3, 4, 5, 6}, float[2] c = {0.5, -0.5}> {
+      bt = Transpose <perm = [1, 0]> (b)
+      m = MatMul (a, bt)
+      y = Add (m, c)
+      m3 = MatMul (a3, b3)
+      y3 = Add (m3, c)
+    }""", "shape-inference", "matmul-to-gemm", "dead-code")
+    assert sorted(ops(after)) == ["Add", "Gemm", "MatMul"]  # the rank-3 MatMul+Add is no Gemm
+    gemm = [n for n in after.graph if n.op_type == "Gemm"][0]
+    assert gemm.attributes["transB"].as_int() == 1
+    same_outputs(before, after)
+
+
+def test_reshape_chain():
+    before, after, _ = optimize("""
+    g (float[2, 3, 4] x) => (float[6, 4] y) <int64[2] s1 = {3, 8}, int64[2] s2 = {6, 4}> {
+      r = Reshape (x, s1)
+      y = Reshape (r, s2)
+    }""", "reshape-chain", "dead-code")
+    assert ops(after) == ["Reshape"]
+    same_outputs(before, after)
+
+
+def test_batchnorm_folds_on_real_legacy_exports(torch_zoo):
+    for name in ("digits-cnn", "resnet18-like"):
+        path = torch_zoo(name, legacy=True)
+        src = bushu.load(path)
+        assert any(n.op_type == "BatchNormalization" for n in src.graph)
+        out, result = bushu.optimize(src, latency=False, show_progress=False)
+        assert result, result.render()
+        assert result.fired.get("fold-batchnorm", 0) == result.nodes_before["BatchNormalization"]
+        assert "BatchNormalization" not in result.nodes_after
+        assert sum(result.nodes_after.values()) < sum(result.nodes_before.values())
