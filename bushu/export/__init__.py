@@ -47,8 +47,12 @@ def _failure_message(failures: list[Failure], where: str | None) -> str:
     fix = next((f.fix for f in reversed(failures) if f.fix and "--opset" in f.fix), None)
     fix = fix or next((f.fix for f in failures if f.fix), None) or "rerun with --debug for torch's full error"
     loc = where or next((f.where for f in failures if f.where), None)
-    reasons = "; ".join(f"{f.exporter}: {f.reason}" for f in failures)
-    return f"export failed ({reasons})" + (f" in {loc}" if loc else "") + f": {fix}"
+    ops = {f.op for f in failures}
+    if len(failures) > 1 and len(ops) == 1 and None not in ops:
+        reasons = f"{ops.pop()} has no ONNX translation in the {' or the '.join(f.exporter for f in failures)} exporter"
+    else:
+        reasons = "; ".join(f"{f.exporter}: {f.reason}" for f in failures)
+    return f"export failed: {reasons}" + (f", in {loc}" if loc else "") + f": {fix}"
 
 
 def _detach(model) -> None:

@@ -1,6 +1,7 @@
 """Where the CLI gets a module: ``path/to/file.py:factory``, and weights from a ``.pt`` state dict.
 
-``factory()`` returns the module, or ``(module, example_inputs)``. The file runs as a module of its own (its folder
+``factory()`` returns the module, ``(module, example_inputs)`` or ``(module, example_inputs, dynamic_shapes)`` (the
+file knows which axes are dynamic: ``{"input_ids": {0: "batch", 1: "sequence"}}``). The file runs as a module of its own (its folder
 is importable while it loads, so it can import its neighbours). Checkpoints load with ``torch.load(...,
 weights_only=True)``: a file that would need arbitrary unpickling is refused rather than executed.
 """
@@ -11,6 +12,7 @@ import importlib.util
 import sys
 import traceback
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from ..errors import BushuError
 
@@ -36,8 +38,16 @@ def _load_file(path: Path):
     return mod
 
 
-def load_factory(spec: str) -> tuple[object, object | None]:
-    """``(module, example_inputs or None)`` from ``path/to/file.py:factory``."""
+class Made(NamedTuple):
+    """What a factory made; ``example_inputs`` and ``dynamic_shapes`` are None when it did not say."""
+
+    module: Any
+    example_inputs: Any = None
+    dynamic_shapes: Any = None
+
+
+def load_factory(spec: str) -> Made:
+    """Call the factory named by ``path/to/file.py:factory`` (see the module docstring for what it may return)."""
     import torch
 
     path_s, sep, name = spec.rpartition(":")
@@ -58,11 +68,12 @@ def load_factory(spec: str) -> tuple[object, object | None]:
     except Exception as e:
         raise BushuError(f"{name}() in {path} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                          f"{_user_frame(e, path)} (rerun with --debug for the traceback)") from e
-    module, example = (made[0], made[1]) if isinstance(made, tuple) and len(made) == 2 else (made, None)
-    if not isinstance(module, torch.nn.Module):
-        raise BushuError(f"{name}() in {path} returned a {type(module).__name__}: return a torch.nn.Module, or "
-                         "(module, example_inputs)")
-    return module, example
+    parts = made if isinstance(made, tuple) and 2 <= len(made) <= 3 else (made,)
+    result = Made(*parts)
+    if not isinstance(result.module, torch.nn.Module):
+        raise BushuError(f"{name}() in {path} returned a {type(result.module).__name__}: return a torch.nn.Module, "
+                         "(module, example_inputs) or (module, example_inputs, dynamic_shapes)")
+    return result
 
 
 def load_weights(module, path: str | Path) -> None:

@@ -14,7 +14,8 @@ class VerifyCase(Result):
     """ONNX Runtime against PyTorch on one set of inputs; truthy when every output passed.
 
     ``label`` is ``example`` for the example inputs, else the dynamic dim sizes tried (``batch=3, sequence=13``);
-    ``error`` says why ONNX Runtime could not run the model at those sizes (then ``outputs`` is empty).
+    ``error`` says why ONNX Runtime could not run the model at those sizes, ``skipped`` why the case proves
+    nothing (PyTorch itself fails at those sizes; it counts as passed); either way ``outputs`` is empty.
     """
 
     kind = "export_verify_case"
@@ -22,11 +23,14 @@ class VerifyCase(Result):
     shapes: dict[str, tuple[int, ...]]
     outputs: tuple[OutputDiff, ...]
     error: str | None = None
+    skipped: str | None = None
 
     def __bool__(self) -> bool:
         return self.error is None and all(self.outputs)
 
     def __str__(self) -> str:
+        if self.skipped:
+            return f"{self.label}: skipped ({self.skipped})"
         if self.error:
             return f"{self.label}: FAIL ({self.error})"
         worst = max((o.max_abs for o in self.outputs), default=0.0)
@@ -70,7 +74,8 @@ class ExportResult(Result):
         if not self.verified:
             return "not verified"
         if self:
-            return f"faithful on {len(self.verification)} input set(s)"
+            n = sum(1 for c in self.verification if not c.skipped)
+            return f"faithful on {n} input set(s)"
         bad = [c.label for c in self.verification if not c]
         return f"NOT faithful: differs from PyTorch on {', '.join(bad)}"
 
@@ -91,8 +96,9 @@ class ExportResult(Result):
                           f"min cosine {t.min_cosine:g})"]
             rows = []
             for case in self.verification:
-                if case.error:
-                    rows.append([case.label, "", "", "", "", f"FAIL: {case.error}"])
+                if case.error or case.skipped:
+                    rows.append([case.label, "", "", "", "", f"FAIL: {case.error}" if case.error
+                                 else f"skipped: {case.skipped}"])
                 for o in case.outputs:
                     rows.append([case.label, o.name, f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}",
                                  "PASS" if o else "FAIL" + (f" ({o.note})" if o.note else "")])

@@ -36,7 +36,11 @@ def _case(session, module, label: str, example: Example, tol: Tolerance) -> Veri
     shapes = {k: tuple(v.shape) for k, v in feeds.items()}
     # An input the exporter pruned (unused by the graph) is not fed.
     wanted = {s.name for s in session.inputs}
-    expected = torch_outputs(module, example)
+    try:
+        expected = torch_outputs(module, example)
+    except Exception as e:  # e.g. a sequence longer than the position table: not the export's fault
+        return VerifyCase(label, shapes, (), skipped=f"PyTorch itself fails at these sizes ({type(e).__name__}: "
+                                                    f"{str(e).splitlines()[0][:160] if str(e) else ''})")
     try:
         got = session.run({k: v for k, v in feeds.items() if k in wanted})
     except BushuError as e:
