@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from ._options import add_input_arguments
+
+HELP = "graph surgery: static or renamed dims, opset conversion, subgraph extraction, renaming (verified)"
+EXAMPLES = """\
+  bushu edit model.onnx -o static.onnx --shape x:1x3x224x224
+  bushu edit model.onnx -o out.onnx --dim batch=1 --dim sequence=seq
+  bushu edit model.onnx -o out.onnx --opset 17
+  bushu edit model.onnx -o part.onnx --inputs conv1_out --outputs logits
+  bushu edit model.onnx -o out.onnx --rename x=image
+"""
+
+
+def add_arguments(p):
+    p.add_argument("model", help="ONNX file")
+    p.add_argument("-o", "--output", required=True, help="where to write the edited model")
+    p.add_argument("--dim", action="append", default=[], metavar="DIM=8|DIM=newname",
+                   help="fix a symbolic dim to a number, or rename it (repeatable)")
+    p.add_argument("--opset", type=int, default=None, help="convert to this opset (ONNX version converter)")
+    p.add_argument("--inputs", default=None, help="extract: the tensors that become the inputs (comma-separated)")
+    p.add_argument("--outputs", default=None, help="extract: the tensors that become the outputs (comma-separated)")
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW", help="rename an input or output")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check of each edit")
+    p.add_argument("--force", action="store_true", help="allow -o to overwrite the input")
+    add_input_arguments(p)
+
+
+def _pairs(items, flag):
+    from ..errors import BushuError
+
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k or not v:
+            raise BushuError(f"bad {flag} '{item}': write OLD=NEW")
+        out[k] = v
+    return out
+
+
+def run(args):
+    from ..edit import edit
+    from ..inputs import parse_range_args, parse_shape_args, parse_value_args
+
+    shapes = {k: v for k, v in parse_shape_args(args.shape).items() if isinstance(v, tuple)}
+    for k, v in _pairs(args.dim, "--dim").items():
+        shapes[k] = int(v) if v.isdigit() else v
+    split = lambda s: [x for x in (s or "").split(",") if x]  # noqa: E731
+    _, result = edit(args.model, args.output, shapes=shapes, opset=args.opset, inputs=split(args.inputs),
+                     outputs=split(args.outputs), rename_io=_pairs(args.rename, "--rename"),
+                     verify=not args.no_verify, force=args.force,
+                     values=parse_value_args(args.value), ranges=parse_range_args(args.ranges), seed=args.seed)
+    return result

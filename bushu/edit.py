@@ -1,0 +1,242 @@
+"""``bushu.edit``: graph surgery — static or renamed dims, opset conversion, subgraph extraction, renaming.
+
+Each edit that keeps the model's meaning is verified on ONNX Runtime like a pass: fixing dims and converting the
+opset must give the same outputs on feeds of the fixed shape; an extracted subgraph must give the values the full
+model computes at those tensors (fed with the full model's values at the new inputs). Renaming is checked by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
+
+from . import engines
+from . import ir as bir
+from .compare.metrics import Tolerance, diff
+from .errors import BushuError
+from .passes import check_model
+from .passes.verify import DEFAULT_TOL, make_feeds, run_ort
+from .results import Result
+
+
+@dataclasses.dataclass(frozen=True)
+class EditResult(Result):
+    """Truthy when the output passes onnx.checker and every verified edit matched."""
+
+    kind = "edit"
+    model: str
+    output: str | None
+    edits: tuple[str, ...]
+    checks: tuple[str, ...]  # one line per verified edit
+    failed: str | None
+    checker_error: str | None
+
+    def __bool__(self) -> bool:
+        return self.failed is None and self.checker_error is None
+
+    def __str__(self) -> str:
+        s = f"{self.model}: {'; '.join(self.edits) or 'no edits'}"
+        if self.failed:
+            s += f"; FAILED: {self.failed}"
+        if self.checker_error:
+            s += f"; onnx.checker: {self.checker_error}"
+        return s
+
+    def render(self) -> str:
+        return "\n".join([str(self), *(f"  verified: {c}" for c in self.checks)]
+                         + ([f"  written to {self.output}"] if self.output else []))
+
+
+def _retype(model: ir.Model) -> None:
+    """Forget inner shapes (they may name the old dims) and infer them again."""
+    for node in model.graph:
+        for v in node.outputs:
+            if not v.is_graph_output():
+                v.shape = None
+    ShapeInferencePass(strict_mode=False)(model)
+
+
+def set_dims(model: ir.Model, shapes: Mapping[str, object]) -> list[str]:
+    """``{input: (1, 3, 224, 224)}`` fixes an input's shape; ``{dim: 8}`` fixes a symbolic dim everywhere;
+    ``{dim: "batch"}`` renames it. Returns what was done."""
+    done = []
+    by_dim = {k: v for k, v in shapes.items() if not isinstance(v, tuple)}
+    values = list(model.graph.inputs) + list(model.graph.outputs)
+    known_inputs = {v.name for v in model.graph.inputs}
+    for name, shape in shapes.items():
+        if isinstance(shape, tuple):
+            if name not in known_inputs:
+                raise BushuError(f"--shape {name}: no such input (inputs: {', '.join(sorted(known_inputs))})")
+            v = next(x for x in model.graph.inputs if x.name == name)
+            if v.shape is not None and len(v.shape) != len(shape):
+                raise BushuError(f"--shape {name} has rank {len(shape)} but the input has rank {len(v.shape)}")
+            v.shape = ir.Shape(shape)
+            done.append(f"{name} -> {'x'.join(map(str, shape))}")
+    found = set()
+    for v in values:
+        if v.shape is None:
+            continue
+        dims = []
+        for d in v.shape:
+            key = d.value if isinstance(d, ir.SymbolicDim) else None
+            if key in by_dim:
+                found.add(key)
+                dims.append(by_dim[key] if isinstance(by_dim[key], int) else ir.SymbolicDim(str(by_dim[key])))
+            else:
+                dims.append(d)
+        v.shape = ir.Shape(dims)
+    missing = set(by_dim) - found
+    if missing:
+        raise BushuError(f"--shape: no input or output has a dim named {', '.join(sorted(missing))}")
+    done += [f"dim {k} -> {v}" for k, v in by_dim.items()]
+    _retype(model)
+    return done
+
+
+def rename(model: ir.Model, names: Mapping[str, str]) -> list[str]:
+    """Rename graph inputs/outputs ``old -> new``."""
+    io = {v.name: v for v in [*model.graph.inputs, *model.graph.outputs]}
+    taken = set(io) | {o.name for n in model.graph for o in n.outputs} | set(model.graph.initializers)
+    for old, new in names.items():
+        if old not in io:
+            raise BushuError(f"--rename {old}={new}: '{old}' is not an input or output (they are {', '.join(io)})")
+        if new in taken and new != old:
+            raise BushuError(f"--rename {old}={new}: '{new}' is already a name in the graph")
+        io[old].name = new
+    return [f"{o} renamed {n}" for o, n in names.items()]
+
+
+def extract(model: ir.Model, inputs: Sequence[str], outputs: Sequence[str]) -> list[str]:
+    """Cut ``model`` in place to the nodes that compute ``outputs`` from ``inputs`` (and from whatever original
+    inputs and weights they still need)."""
+    ShapeInferencePass(strict_mode=False)(model)
+    g = model.graph
+    values = {v.name: v for v in g.inputs} | {o.name: o for n in g for o in n.outputs}
+    for n in [*inputs, *outputs]:
+        if n not in values:
+            raise BushuError(f"no tensor named '{n}' in the main graph: see bushu inspect for the names")
+    for n in inputs:
+        if values[n].dtype is None:
+            raise BushuError(f"the type of '{n}' is unknown (shape inference failed there): pick another tensor")
+    cut = {}
+    for n in inputs:
+        old = values[n]
+        if old.producer() is None:
+            cut[n] = old
+            continue
+        new = ir.Value(name=None, type=old.type, shape=old.shape)
+        ir.convenience.replace_all_uses_with(old, new)
+        old.name = f"{n}__cut"
+        new.name = n
+        cut[n] = new
+    needed: set[int] = set()
+    stack = [values[n] if n not in cut else cut[n] for n in outputs]
+    while stack:
+        v = stack.pop()
+        p = v.producer()
+        if p is None or id(p) in needed:
+            continue
+        needed.add(id(p))
+        stack.extend(x for x in p.inputs if x is not None)
+        for attr in p.attributes.values():  # values a subgraph reads from this scope
+            if attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                subs = [attr.as_graph()] if attr.type == ir.AttributeType.GRAPH else list(attr.as_graphs())
+                for sub in subs:
+                    for node in ir.traversal.RecursiveGraphIterator(sub):
+                        stack.extend(x for x in node.inputs if x is not None and x.graph is g)
+    kept_inputs = [v for v in g.inputs if v.uses() and any(id(u) in needed for u, _ in v.uses())]
+    outs = [values[n] if n not in cut else cut[n] for n in outputs]
+    for node in reversed(list(g)):
+        if id(node) not in needed:
+            g.remove(node)
+    g.outputs.clear()
+    g.outputs.extend(outs)
+    g.inputs.clear()
+    g.inputs.extend([*(v for v in kept_inputs if v.name not in cut), *cut.values()])
+    RemoveUnusedNodesPass()(model)
+    return [f"extracted {len(g)} nodes: ({', '.join(v.name for v in g.inputs)}) -> ({', '.join(outputs)})"]
+
+
+def _check_same(a: ir.Model, b: ir.Model, feeds, tol: Tolerance, what: str) -> str | None:
+    ra, rb = run_ort(a, feeds), run_ort(b, feeds)
+    for x, y in zip(ra, rb):
+        for k in x:
+            d = diff(y[k], x[k], name=k, tol=tol)
+            if not d:
+                return f"{what}: {d}"
+    return None
+
+
+def edit(
+    model: ir.Model | str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    shapes: Mapping[str, object] | None = None,
+    opset: int | None = None,
+    inputs: Sequence[str] | None = None,
+    outputs: Sequence[str] | None = None,
+    rename_io: Mapping[str, str] | None = None,
+    verify: bool = True,
+    tol: Tolerance = DEFAULT_TOL,
+    force: bool = False,
+    **synth,
+) -> tuple[ir.Model, EditResult]:
+    """Apply the edits given (in the order dims, opset, extraction, renaming) to a copy of ``model`` that shares
+    its weights; verify each one that keeps semantics; save to ``output`` when given."""
+    src = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
+    source = bir.source_path(src)
+    if output is not None and source is not None and os.path.realpath(output) == str(source) and not force:
+        raise BushuError(f"refusing to overwrite the input {output}: choose another output path or pass --force")
+    work = src.clone()
+    done, checks, failed = [], [], None
+    if shapes:
+        done += set_dims(work, shapes)
+        if verify:
+            feeds = make_feeds(work, samples=2, **synth)
+            failed = _check_same(src, work, feeds, tol, "static shapes")
+            checks.append("fixed dims: outputs unchanged on feeds of the new shape")
+    if opset is not None and failed is None:
+        converted = bir.convert_opset(work, opset)
+        done.append(f"opset {work.opset_imports.get('', 1)} -> {opset}")
+        if verify:
+            failed = _check_same(work, converted, make_feeds(work, samples=2, **synth), tol, f"opset {opset}")
+            checks.append(f"opset {opset}: outputs unchanged")
+        work = converted
+    if (inputs or outputs) and failed is None:
+        full = work.clone()
+        done += extract(work, list(inputs or []), list(outputs or [o.name for o in full.graph.outputs]))
+        if verify:
+            failed = _verify_extract(full, work, tol, **synth)
+            checks.append("extracted: outputs equal the full model's tensors of the same name")
+    if rename_io and failed is None:
+        done += rename(work, rename_io)
+    checker = check_model(work)
+    if output is not None and failed is None:
+        bir.save(work, output, force=force)
+    name = str(source or src.graph.name or "model")
+    return work, EditResult(name, str(output) if output and failed is None else None, tuple(done), tuple(checks),
+                            failed, checker)
+
+
+def _verify_extract(full: ir.Model, part: ir.Model, tol: Tolerance, **synth) -> str | None:
+    """Run the full model with the cut tensors exposed, feed the part with them, compare its outputs."""
+    probe = full.clone()
+    names = {v.name for v in part.graph.inputs} | {v.name for v in part.graph.outputs}
+    by_name = {o.name: o for n in probe.graph for o in n.outputs}
+    present = {v.name for v in probe.graph.outputs}
+    probe.graph.outputs.extend(by_name[n] for n in sorted(names) if n in by_name and n not in present)
+    feeds = make_feeds(full, samples=1, **synth)
+    (ref,) = run_ort(probe, feeds)
+    specs, _ = engines.model_specs(part)
+    feed = {s.name: np.asarray(ref[s.name] if s.name in ref else feeds[0][s.name]) for s in specs}
+    (got,) = run_ort(part, [feed])
+    for k, v in got.items():
+        d = diff(v, ref[k], name=k, tol=tol)
+        if not d:
+            return f"extracted subgraph: {d}"
+    return None
