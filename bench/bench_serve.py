@@ -1,0 +1,325 @@
+"""Benchmark ``bushu serve`` against in-process ONNX Runtime, LitServe and a plain FastAPI + ONNX Runtime app.
+
+    flock /tmp/bushu-bench.lock .venv/bin/python bench/bench_serve.py [--seconds 6] [--out docs/dev/serve-bench.md]
+
+Everything is measured in one run (absolute numbers drift up to 2x from minute to minute on a shared machine; the
+ratios within a run are what to compare). Load comes from another process over loopback, with pre-encoded request
+bodies on keep-alive connections (TCP_NODELAY), so the client's cost is the same for every server:
+
+1. throughput at saturation, batch 8, served (binary tensor data) vs in-process, on PP-OCRv4 rec and the
+   MobileNetV3-small-like model;
+2. p50 latency overhead at low load (one client, batch 1, binary) over in-process, on PP-OCR cls;
+3. dynamic batching vs none, 8 concurrent batch-1 clients, on PP-OCR cls and MobileNetV3-small-like;
+4. the same 8-client load on LitServe (its batching on: max 8, 5 ms window) and on FastAPI + ONNX Runtime, both
+   with KServe-shaped JSON as such apps take it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+CLS_OUT = "save_infer_model/scale_0.tmp_1"
+
+
+# ---------------------------------------------------------------- load generator (runs in its own process)
+
+def load(port: int, path: str, body: bytes, headers: dict, concurrency: int, seconds: float) -> dict:
+    """``concurrency`` keep-alive connections sending ``body`` back to back for ``seconds``; latencies in ms."""
+    stop = time.monotonic() + seconds
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+
+    def worker(i):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        c.connect()
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            c.request("POST", path, body, headers)
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                errors[i] += 1
+                continue
+            lat[i].append((time.perf_counter() - t0) * 1e3)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    all_lat = np.array([x for ls in lat for x in ls])
+    return {"requests": int(all_lat.size), "errors": sum(errors), "wall_s": wall, "rps": all_lat.size / wall,
+            "p50_ms": float(np.median(all_lat)) if all_lat.size else float("nan"),
+            "p99_ms": float(np.quantile(all_lat, 0.99)) if all_lat.size else float("nan")}
+
+
+def _load_elsewhere(pool, *args) -> dict:
+    r = pool.submit(load, *args).result()
+    print(f"  {args[1]} x{args[4]}: {r}", file=sys.stderr, flush=True)
+    if not r["requests"]:
+        raise RuntimeError(f"no request to {args[1]} succeeded ({r['errors']} errors)")
+    return r
+
+
+# ---------------------------------------------------------------- request bodies
+
+def binary_body(name: str, x: np.ndarray) -> tuple[bytes, dict]:
+    header = orjson.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "parameters": {"binary_data_output": True}})
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
+                                  "Content-Type": "application/octet-stream"}
+
+
+def json_body(name: str, x: np.ndarray) -> tuple[bytes, dict]:
+    return orjson.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                                     "data": x.reshape(-1).tolist()}]}), {"Content-Type": "application/json"}
+
+
+# ---------------------------------------------------------------- the competitors (run as child processes)
+
+def run_fastapi(model: str, port: int) -> None:
+    """A plain FastAPI + ONNX Runtime app taking KServe-shaped JSON, as one would write it."""
+    import onnxruntime as ort
+    import uvicorn
+    from fastapi import FastAPI, Request
+
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    in_name, out_name = sess.get_inputs()[0].name, sess.get_outputs()[0].name
+    app = FastAPI()
+
+    async def infer(request):
+        t = (await request.json())["inputs"][0]
+        x = np.asarray(t["data"], dtype=np.float32).reshape(t["shape"])
+        from starlette.concurrency import run_in_threadpool
+
+        y = (await run_in_threadpool(sess.run, [out_name], {in_name: x}))[0]
+        return {"model_name": "m", "outputs": [{"name": out_name, "datatype": "FP32", "shape": list(y.shape),
+                                                 "data": y.reshape(-1).tolist()}]}
+
+    infer.__annotations__["request"] = Request  # a real class, not the string this module's annotations would be
+    app.post("/v2/models/m/infer")(infer)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def _lit_api_class():
+    """LitServe pickles its API into worker processes, so the class must be importable from this module."""
+    import litserve as ls
+
+    global LitApi
+
+    class LitApi(ls.LitAPI):
+        def setup(self, device):
+            import onnxruntime as ort
+
+            self.sess = ort.InferenceSession(os.environ["BENCH_MODEL"], providers=["CPUExecutionProvider"])
+            self.in_name = self.sess.get_inputs()[0].name
+
+        def decode_request(self, request):
+            t = request["inputs"][0]
+            return np.asarray(t["data"], dtype=np.float32).reshape(t["shape"])
+
+        def batch(self, inputs):
+            return np.concatenate(inputs)
+
+        def predict(self, x):
+            return self.sess.run(None, {self.in_name: x})[0]
+
+        def unbatch(self, output):
+            return [output[i:i + 1] for i in range(len(output))]
+
+        def encode_response(self, y):
+            return {"outputs": [{"name": "y", "datatype": "FP32", "shape": list(y.shape), "data": y.reshape(-1).tolist()}]}
+
+    LitApi.__qualname__ = "LitApi"
+    return LitApi
+
+
+if os.environ.get("BENCH_MODEL"):  # in LitServe's server and worker processes
+    _lit_api_class()
+
+
+def run_litserve(model: str, port: int) -> None:
+    """LitServe with its dynamic batching (max 8, 5 ms window), KServe-shaped JSON in."""
+    import litserve as ls
+
+    server = ls.LitServer(LitApi(max_batch_size=8, batch_timeout=0.005, api_path="/v2/models/m/infer"),
+                          accelerator="cpu", workers_per_device=1)
+    server.run(port=port, generate_client_file=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not start")
+
+
+class Child:
+    """``python bench_serve.py --child KIND MODEL PORT`` as a context manager."""
+
+    def __init__(self, kind: str, model: str):
+        self.port = _free_port()
+        self.proc = subprocess.Popen([sys.executable, __file__, "--child", kind, model, str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "BENCH_MODEL": model})
+
+    def __enter__(self):
+        _wait_port(self.port, self.proc)
+        time.sleep(2.0)  # LitServe's workers come up after its port opens
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ---------------------------------------------------------------- the run
+
+def in_process(model: str, name: str, x: np.ndarray) -> tuple[float, float]:
+    """(items/s at x's batch, p50 ms) for ONNX Runtime in this process, default session options."""
+    from bushu import engines
+    from bushu.timing import measure
+
+    sess = engines.open_session(model, "ort")
+    lat = measure(lambda: sess.run({name: x}), warmup_s=0.5, budget_s=3.0)
+    return x.shape[0] / (lat.median_ms / 1e3), lat.median_ms
+
+
+def make_repo(tmp: Path, models: dict[str, str]) -> Path:
+    repo = tmp / "repo"
+    for name, src in models.items():
+        for suffix, cfg in (("", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n"),
+                            ("_nobatch", "max_batch_size: 8\n")):  # no dynamic_batching: every request alone
+            (repo / f"{name}{suffix}" / "1").mkdir(parents=True)
+            (repo / f"{name}{suffix}" / "1" / "model.onnx").symlink_to(src)
+            (repo / f"{name}{suffix}" / "config.pbtxt").write_text(cfg)
+    return repo
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=6.0, help="load duration per measurement")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "dev" / "serve-bench.md"))
+    ap.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "PORT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, model, port = args.child
+        return (run_fastapi if kind == "fastapi" else run_litserve)(model, int(port))
+
+    import bushu.zoo as zoo
+    import bushu.zoo_torch as zt
+    from bushu.serve.process import ServerProcess
+    from bushu.timing import machine
+
+    rng = np.random.default_rng(0)
+    models = {"rec": str(zoo.path("ppocr-rec")), "cls": str(zoo.path("ppocr-cls")),
+              "mnv3": str(zt.onnx_path("mobilenetv3-small-like"))}
+    inputs = {"rec": ("x", (3, 48, 320)), "cls": ("x", (3, 48, 192)), "mnv3": ("input", (3, 224, 224))}
+
+    def x_of(m, b):
+        return rng.random((b, *inputs[m][1]), dtype=np.float32)
+
+    rows, S = [], args.seconds
+    pool = cf.ProcessPoolExecutor(1)  # the load generator: another process
+    pool.submit(time.sleep, 0).result()
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = make_repo(Path(tmp), models)
+        with ServerProcess(repo, "--grpc-port", "-1", "--max-queue-size", "1024") as srv:
+            port = int(srv.http.split(":")[1])
+            # 1. saturation throughput at batch 8
+            for m in ("rec", "mnv3"):
+                x = x_of(m, 8)
+                ips, _ = in_process(models[m], inputs[m][0], x)
+                body, hdr = binary_body(inputs[m][0], x)
+                r = _load_elsewhere(pool, port, f"/v2/models/{m}_nobatch/infer", body, hdr, 3, S)
+                rows.append(("throughput, batch 8", m, f"{ips:.0f} items/s in-process", f"{r['rps'] * 8:.0f} items/s served",
+                             f"{r['rps'] * 8 / ips:.2f}", "≥ 0.9", r["errors"]))
+            # 2. p50 overhead at low load
+            x = x_of("cls", 1)
+            _, p50 = in_process(models["cls"], "x", x)
+            body, hdr = binary_body("x", x)
+            r = _load_elsewhere(pool, port, "/v2/models/cls_nobatch/infer", body, hdr, 1, S)
+            rows.append(("p50 latency, batch 1, 1 client", "cls", f"{p50:.3f} ms in-process", f"{r['p50_ms']:.3f} ms served",
+                         f"+{r['p50_ms'] - p50:.3f} ms", "≤ +1 ms", r["errors"]))
+            # 3. dynamic batching vs none, 8 clients at batch 1
+            served = {}
+            for m in ("cls", "mnv3"):
+                body, hdr = binary_body(inputs[m][0], x_of(m, 1))
+                off = _load_elsewhere(pool, port, f"/v2/models/{m}_nobatch/infer", body, hdr, 8, S)
+                on = _load_elsewhere(pool, port, f"/v2/models/{m}/infer", body, hdr, 8, S)
+                served[m] = on
+                rows.append(("8 clients, batch 1: dynamic batching vs none", m, f"{off['rps']:.0f} req/s (p99 {off['p99_ms']:.1f} ms)",
+                             f"{on['rps']:.0f} req/s (p99 {on['p99_ms']:.1f} ms)", f"{on['rps'] / off['rps']:.2f}×", "≥ 1.5×",
+                             off["errors"] + on["errors"]))
+        # 4. the same 8-client load on LitServe and FastAPI + ORT
+        for kind in ("litserve", "fastapi"):
+            for m in ("cls", "mnv3"):
+                x = x_of(m, 1)
+                body, hdr = json_body(inputs[m][0], x)
+                with Child(kind, models[m]) as child:
+                    r = _load_elsewhere(pool, child.port, "/v2/models/m/infer", body, hdr, 8, S)
+                b = served[m]
+                rows.append((f"8 clients, batch 1: bushu vs {kind}", m, f"{r['rps']:.0f} req/s (p99 {r['p99_ms']:.1f} ms)",
+                             f"{b['rps']:.0f} req/s (p99 {b['p99_ms']:.1f} ms)", f"{b['rps'] / r['rps']:.2f}× req/s",
+                             "bushu ahead on req/s and p99" + (" ✓" if b["rps"] > r["rps"] and b["p99_ms"] < r["p99_ms"] else " ✗"),
+                             r["errors"]))
+    pool.shutdown()
+    write(args.out, rows, machine(), S)
+
+
+def write(out: str, rows, mach, seconds: float) -> None:
+    lines = ["# bushu serve benchmark", "",
+             "Command: `flock /tmp/bushu-bench.lock .venv/bin/python bench/bench_serve.py"
+             f"{'' if seconds == 6.0 else f' --seconds {seconds:g}'}` (all rows from one run; load from a separate "
+             "process on loopback, pre-encoded bodies, keep-alive, TCP_NODELAY).", "",
+             f"Machine: {mach}", "",
+             "| measurement | model | baseline | bushu serve | ratio | target | errors |",
+             "|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines += ["", "Models: `rec` PP-OCRv4 rec 3×48×320, `cls` PP-OCR cls 3×48×192, `mnv3` bushu.zoo_torch "
+              "MobileNetV3-small-like 3×224×224. bushu is sent the binary tensor extension; LitServe and FastAPI get "
+              "KServe-shaped JSON (the way such apps are written). Dynamic batching: max_batch_size 8, "
+              "max_queue_delay 2 ms; 'none' is the same model without dynamic_batching. Latencies are medians and "
+              "quantiles of per-request wall time at the client."]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
