@@ -1,0 +1,148 @@
+"""Benchmark of bushu's performance tools (run it under ``flock /tmp/bushu-bench.lock``).
+
+1. ``bushu bench`` adds no overhead: its throughput against a bare loop calling the same session, interleaved in
+   rounds so both see the same machine load (target ≥ 0.98).
+2. Per-op profile times add up to the end-to-end latency (target within 10 %): per run (kernel times vs the wall
+   time of the same run) and against ``bushu bench``'s unprofiled median, measured right after.
+3. The fraction of the machine's peak FLOP/s each engine reaches on the zoo models, and the fastest engine.
+
+    flock /tmp/bushu-bench.lock .venv/bin/python bench/bench_perf.py --out docs/dev/perf-bench.md
+
+Prints a markdown section (tables + the command + the machine) and writes it to ``--out`` when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+import bushu
+from bushu.bench.models import resolve
+from bushu.engines import available, open_session
+from bushu.inputs import synthesize
+from bushu.profile import peaks
+from bushu.timing import machine, measure
+
+ZOO = ["ppocr-cls", "ppocr-rec", "ppocr-det", "silero-vad"]
+TORCH_ZOO = ["digits-cnn", "mobilenetv3-small-like", "resnet18-like"]
+
+
+def md_table(rows, header) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _bare_loop(sess, feed, budget: float) -> tuple[float, float]:
+    """The engine called back to back: (items/s from the median call, calls/s over the wall time)."""
+    clock = time.perf_counter
+    times, t0 = [], clock()
+    while clock() - t0 < budget:
+        t = clock()
+        sess.run(feed)
+        times.append(clock() - t)
+    return 1.0 / float(np.median(times)), len(times) / (clock() - t0)
+
+
+def overhead(models, rounds: int, budget: float) -> str:
+    rows = []
+    for name in models:
+        ref = resolve(name)
+        sess = open_session(ref.source, "ort")
+        feed = synthesize(sess.inputs, shapes=ref.shapes, values=ref.values)
+        by_median, by_wall = [], []
+        for _ in range(rounds):  # interleaved, so that both see the same load from other processes
+            bare_med, bare_wall = _bare_loop(sess, feed, budget)
+            row = bushu.bench(ref.source, engines=("ort",), shapes=ref.shapes, values=ref.values, warmup_s=0.1,
+                              budget_s=budget, isolate=False, show_progress=False).rows[0]
+            by_median.append(row.items_per_s / bare_med)
+            by_wall.append(row.items_per_s / bare_wall)
+        rows.append([name, rounds, f"{np.median(by_median):.3f}", f"{min(by_median):.3f}–{max(by_median):.3f}",
+                     f"{np.median(by_wall):.3f}"])
+    return md_table(rows, ["model", "rounds", "bench items/s ÷ bare loop (both from the median call)", "range",
+                           "bench items/s ÷ bare loop calls per wall second"])
+
+
+def coverage(models, engines) -> str:
+    rows = []
+    for name in models:
+        for engine in engines:
+            try:
+                p = bushu.profile(name, engine, budget_s=2.0)
+            except bushu.BushuError as e:
+                rows.append([name, engine, "error: " + str(e)[:80], "", "", "", ""])
+                continue
+            b = bushu.bench(name, engines=(engine,), budget_s=2.0, show_progress=False).rows[0]
+            rows.append([name, engine, f"{p.coverage:.3f}", f"{p.kernels_ms:.3f}", f"{b.median_ms:.3f}",
+                         f"{p.kernels_ms / b.median_ms:.3f}", "yes" if abs(p.coverage - 1) <= 0.10 else "NO"])
+    return md_table(rows, ["model", "engine", "per-run kernels ÷ wall", "Σ kernel medians ms", "bench median ms",
+                           "Σ kernels ÷ bench", "within 10 % (per run)"])
+
+
+def fraction_of_peak(models, engines, pk) -> str:
+    from bushu.inspect import node_costs
+
+    rows = []
+    for name in models:
+        ref = resolve(name)
+        model = bushu.load(ref.source)
+        specs = open_session(model, "ort").inputs
+        feed = synthesize(specs, shapes=ref.shapes, values=ref.values)
+        bound = {k: v.shape for k, v in feed.items()}
+        flops = sum(c.flops for c in node_costs(model, bound) if c.flops and not c.graph)
+        res = bushu.bench(ref.source, engines=engines, shapes=ref.shapes, values=ref.values, budget_s=2.0,
+                          show_progress=False)
+        ok = [r for r in res.rows if r.ok]
+        best = min(ok, key=lambda r: r.median_ms).engine if ok else "-"
+        cells = []
+        for e in engines:
+            r = next(x for x in res.rows if x.engine == e)
+            if r.ok:
+                g = flops / (r.median_ms * 1e6)
+                cells.append(f"{r.median_ms:.2f} ms · {g:.1f} GFLOP/s · {100 * g / pk.gflops:.1f} %")
+            else:
+                cells.append(f"{r.status}: {(r.note or '')[:60]}")
+        rows.append([name, f"{flops / 1e9:.3f}", *cells, best])
+    return md_table(rows, ["model", "GFLOPs", *engines, "fastest"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="fewer models and rounds")
+    args = ap.parse_args()
+    engines = tuple(e for e in ("ort", "openvino", "ncnn", "mnn") if e in available())
+    zoo = ZOO[:2] if args.quick else ZOO
+    torch_models = []
+    if not args.quick:
+        import bushu.zoo_torch as zt
+
+        torch_models = [str(zt.onnx_path(n)) for n in TORCH_ZOO]
+    pk = peaks(refresh=True)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    parts = ["## Performance tools (bench, profile)", "",
+             f"Measured {started} with `flock /tmp/bushu-bench.lock .venv/bin/python bench/bench_perf.py "
+             f"{' '.join(sys.argv[1:])}` on {machine()}.", f"Machine peaks: {pk}.",
+             f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f} on {machine().cores} cores "
+             "(other engineers' jobs share this machine: compare only numbers within one table).", "",
+             "### 1. `bushu bench` overhead against a bare loop (ORT, batch 1, interleaved rounds)", "",
+             overhead(zoo[:2], 2 if args.quick else args.rounds, 1.0), "",
+             "### 2. Per-op profile times against end-to-end latency", "",
+             coverage(zoo[:3], [e for e in ("ort", "openvino") if e in engines]), "",
+             "### 3. Fraction of peak FP32 FLOP/s and the fastest engine", "",
+             fraction_of_peak(zoo + torch_models, engines, pk), ""]
+    text = "\n".join(parts)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
