@@ -67,6 +67,13 @@ def _versions(engine_names: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def bench(
     models: ir.Model | str | os.PathLike | Sequence[ir.Model | str | os.PathLike],
     engines: Sequence[str] = ("ort",),
@@ -98,6 +105,7 @@ def bench(
     if any(b < 1 for b in batch):
         raise BushuError(f"batch sizes must be ≥ 1, got {list(batch)}")
     refs = [resolve(m, shapes, values) for m in models]
+    load_before = _load_average()
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="bushu-bench-") as tmp:
         jobs = []
@@ -115,6 +123,8 @@ def bench(
             found = _in_subprocess(job) if isolate else run_job(job)
             rows += [_row(d, label) for d in found]
     settings = {"engines": list(engines), "batch": list(batch), "threads": threads, "opt_level": opt_level,
-                "warmup_s": warmup_s, "budget_s": budget_s, "isolate": isolate, "seed": seed}
+                "warmup_s": warmup_s, "budget_s": budget_s, "isolate": isolate, "seed": seed,
+                # other processes' load moves every absolute number; ratios within one run hold up better
+                "load_average_1min": [load_before, _load_average()]}
     return BenchResult(rows=tuple(_with_speedups(rows, by_model=len(engines) > 1)), settings=settings, machine=machine(),
                        versions=_versions(engines))

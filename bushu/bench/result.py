@@ -85,7 +85,8 @@ class BenchResult(Result):
             fmt_table(rows, header), *notes, "",
             f"settings: threads {s.get('threads') or 'engine default'}, opt level {s.get('opt_level')}, warm-up "
             f"{s.get('warmup_s')} s + {s.get('budget_s')} s timed per row, "
-            f"{'one process per model x engine' if s.get('isolate') else 'in one process'}",
+            f"{'one process per model x engine' if s.get('isolate') else 'in one process'}; load average "
+            f"{' -> '.join(str(x) for x in s.get('load_average_1min') or ())} on {getattr(self.machine, 'cores', '?')} cores",
             f"machine:  {self.machine}",
             "speedup: over the first " + ("engine, same model and batch" if len(s.get("engines", ())) > 1 else
                                           "model at the same batch") + "; peak MiB: RSS above the process's baseline",

@@ -141,8 +141,12 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
             return ConvertResult(ref.label, to, mod.version(), None, (), time.perf_counter() - t0, (),
                                  error=str(e).split(": ", 1)[-1], unsupported=e.unsupported)
         seconds = time.perf_counter() - t0
-        outputs = verify(to, tmp, m, shapes=ref.shapes, values=ref.values, seed=seed, tol=tol, threads=threads) \
-            if verify_outputs else ()
+        try:
+            outputs = verify(to, tmp, m, shapes=ref.shapes, values=ref.values, seed=seed, tol=tol, threads=threads) \
+                if verify_outputs else ()
+        except BushuError as e:  # converted, but the result doesn't run: not worth publishing
+            return ConvertResult(ref.label, to, mod.version(), None, (), seconds, (),
+                                 error=f"converted, but the result failed to run: {e}")
         published = _publish(files, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

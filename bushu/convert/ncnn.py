@@ -34,23 +34,28 @@ def _arg(specs: Sequence[TensorSpec], shapes: list[tuple[int, ...]]) -> str:
     return ",".join(f"[{','.join(map(str, s))}]{_DTYPES.get(spec.dtype, 'f32')}" for spec, s in zip(specs, shapes))
 
 
+def _static(d) -> bool:
+    return isinstance(d, int) and d >= 0
+
+
 def two_shapes(specs: Sequence[TensorSpec], shapes: Mapping | None) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]] | None]:
     """The two shapes per input given to pnnx (``inputshape=`` and ``inputshape2=``).
 
-    ncnn has no batch dim (a batch runs item by item), so the batch is 1 in both. The first shape is the bound
+    ncnn has no batch dim (a batch runs item by item), so a dynamic batch is 1 in both. The first shape is the bound
     shape (:func:`bushu.inputs.resolve_shape`); the second doubles the other dynamic dims, unless the caller bound
     the input's whole shape: then they are fixed at the bound values (PP-OCR rec only works at its one height, and
     pnnx crashes on it when the batch varies). ``None`` when nothing stays dynamic.
     """
     shapes = shapes or {}
-    first = [(1, *resolve_shape(s, shapes)[1:]) if s.shape else resolve_shape(s, shapes) for s in specs]
+    first = [(1, *resolve_shape(s, shapes)[1:]) if s.shape and not _static(s.shape[0]) else resolve_shape(s, shapes)
+             for s in specs]
     second = []
     dynamic = False
     for spec, shape in zip(specs, first):
         dims = list(shape)
         whole = isinstance(shapes.get(spec.name), tuple)
         for i, d in enumerate(spec.shape or ()):
-            if i > 0 and not (isinstance(d, int) and d >= 0) and not whole:
+            if i > 0 and not _static(d) and not whole:
                 dims[i] = shape[i] * 2
                 dynamic = True
         second.append(tuple(dims))
@@ -80,6 +85,10 @@ def unsupported_layers(param: Path) -> list[str]:
 def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes: Mapping | None = None) -> list[Path]:
     """Convert ``onnx_path`` into ``out_dir`` (see the module docstring); raises :class:`ConversionError`."""
     pnnx = require("pnnx", extra="ncnn", feature="conversion to ncnn")
+    scalars = [s.name for s in specs if s.shape == ()]
+    if scalars:
+        raise ConversionError("ncnn", f"pnnx takes no scalar inputs ({', '.join(scalars)}): make them constants first "
+                                      "(bushu edit) or use another engine")
     first, second = two_shapes(specs, shapes)
     work = out_dir.resolve() / "pnnx-work"
     work.mkdir()

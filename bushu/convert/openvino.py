@@ -13,7 +13,7 @@ import numpy as np
 
 from ..engines.base import TensorSpec
 from ..errors import require
-from .common import ConversionError, last_lines
+from .common import ConversionError
 
 FILES = ("model.xml", "model.bin")
 
@@ -30,9 +30,10 @@ def convert(onnx_path: Path, out_dir: Path, *_ignored) -> list[Path]:
         model = ov.convert_model(str(onnx_path))
         ov.save_model(model, str(out_dir / FILES[0]), compress_to_fp16=False)
     except Exception as e:
+        from ..engines.openvino import one_line
+
         text = str(e)
-        ops = sorted(set(m for m in _op_names(text)))
-        raise ConversionError("openvino", last_lines(text.split("Summary:")[0], 2), ops, log=text) from None
+        raise ConversionError("openvino", one_line(text), _op_names(text), log=text) from None
     return [out_dir / f for f in FILES]
 
 
@@ -41,7 +42,7 @@ def _op_names(text: str) -> list[str]:
 
     # OpenVINO's frontend lists "-- No conversion rule found for operations: Foo, Bar"
     m = re.search(r"No conversion rule found for operations:\s*([^\n]+)", text)
-    return [s.strip() for s in m.group(1).split(",")] if m else []
+    return sorted({s.strip() for s in m.group(1).split(",")}) if m else []
 
 
 class IrSession:

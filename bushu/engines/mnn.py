@@ -55,12 +55,17 @@ class MnnSession:
             raise BushuError(f"MNN could not load {path}: convert again with bushu convert MODEL --to mnn")
 
     def _var(self, a: np.ndarray):
+        F = self._F
         a = np.ascontiguousarray(a)
-        if a.dtype == np.int64:  # MNN computes integers in int32
+        if a.dtype == np.int64 or a.dtype == np.bool_:  # the converter turns int64 (and bool) tensors into int32
             a = a.astype(np.int32)
-        elif a.dtype == np.float64:
+        elif a.dtype.kind == "f" and a.dtype != np.float32:
             a = a.astype(np.float32)
-        return self._F.const(a, list(a.shape), self._F.NCHW)
+        dtype = {np.dtype(np.float32): F.float, np.dtype(np.int32): F.int, np.dtype(np.uint8): F.uint8,
+                 np.dtype(np.int8): F.int8}.get(a.dtype)
+        if dtype is None:
+            raise BushuError(f"the MNN engine can't feed a {a.dtype} input: cast it to float32 or int32")
+        return F.const(a, list(a.shape), F.NCHW, dtype)
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         F = self._F
