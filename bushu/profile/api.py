@@ -63,7 +63,7 @@ def profile(
     options = EngineOptions(threads=threads, opt_level=opt_level, shapes=bound)
     measured = backend.measure(m, feed, options, warmup_s=warmup_s, budget_s=budget_s)
     costs = {c.name: c for c in node_costs(m, bound) if not c.graph}
-    covered = mapping.attribute(m, [k.anchors for k in measured.kernels])
+    covered = mapping.attribute(m, [k.anchors for k in measured.kernels], renamed_heads=engine in ("openvino", "ov"))
     pk = peaks()
     share = min(1.0, (threads or machine().cores) / machine().cores)
     rows = kernel_rows(measured.kernels, covered, costs, pk, share)
