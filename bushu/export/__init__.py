@@ -23,8 +23,9 @@ from .diagnose import Failure, diagnose, locate_op
 from .exporter import export_dynamo, export_torchscript, quiet
 from .factory import load_factory, load_weights
 from .result import ExportResult, VerifyCase
-from .signature import dynamic_axes, dim_sizes, fresh_examples, normalize
-from .verify import torch_outputs, verify as _verify
+from .signature import dim_sizes, dynamic_axes, fresh_examples, normalize
+from .verify import torch_outputs
+from .verify import verify as _verify
 
 __all__ = ["export", "ExportResult", "VerifyCase", "load_factory", "load_weights"]
 
@@ -41,6 +42,33 @@ def _have_onnxscript() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("onnxscript") is not None
+
+
+def _try_exporters(order, module, example, *, axes, opset, output_names, workdir: Path, explicit: bool):
+    """Run the exporters in ``order`` until one succeeds: ``(model or None, exporter used, [(Failure, exception)],
+    TracerWarning notes)``."""
+    failures: list[tuple[Failure, BaseException | None]] = []
+    notes: list[str] = []
+    for name in order:
+        if name == "dynamo" and not _have_onnxscript():
+            if explicit:
+                require("onnxscript", extra="torch", feature="the dynamo exporter")
+            failures.append((Failure("dynamo", "onnxscript is not installed", fix="pip install 'bushu[torch]'"), None))
+            continue
+        model = None
+        with quiet() as caught:
+            try:
+                if name == "dynamo":
+                    model = export_dynamo(module, example, axes=axes, opset=opset, output_names=output_names)
+                else:
+                    model = export_torchscript(module, example, axes=axes, opset=opset, output_names=output_names,
+                                               workdir=workdir)
+            except Exception as e:  # any exporter failure is diagnosed; the next exporter may still work
+                failures.append((diagnose(e, name, module), e))
+        notes += caught
+        if model is not None:
+            return model, name, failures, notes
+    return None, None, failures, notes
 
 
 def _failure_message(failures: list[Failure], where: str | None) -> str:
@@ -121,35 +149,15 @@ def export(
         except Exception as e:
             raise BushuError(f"the module fails on the example inputs ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}): fix the inputs or the module") from e
-        failures: list[Failure] = []
-        notes: list[str] = []
-        model, used, last_exc = None, None, None
         t0 = time.perf_counter()
-        for name in order:
-            if name == "dynamo" and not _have_onnxscript():
-                if exporter == "dynamo":
-                    require("onnxscript", extra="torch", feature="the dynamo exporter")
-                failures.append(Failure("dynamo", "onnxscript is not installed", fix="pip install 'bushu[torch]'"))
-                continue
-            with quiet() as caught:
-                try:
-                    if name == "dynamo":
-                        model = export_dynamo(module, example, axes=axes, opset=opset, output_names=output_names)
-                    else:
-                        model = export_torchscript(module, example, axes=axes, opset=opset,
-                                                   output_names=output_names, workdir=Path(workdir))
-                except Exception as e:  # any exporter failure is diagnosed; the next exporter may still work
-                    last_exc = e
-                    failures.append(diagnose(e, name, module))
-            notes += caught
-            if model is not None:
-                used = name
-                break
+        model, used, failures, notes = _try_exporters(
+            order, module, example, axes=axes, opset=opset, output_names=output_names, workdir=Path(workdir),
+            explicit=exporter != "auto")
         export_s = time.perf_counter() - t0
         if model is None:
-            op = next((f.op for f in failures if f.op), None)
+            op = next((f.op for f, _ in failures if f.op), None)
             where = locate_op(module, example, op) if op else None
-            raise BushuError(_failure_message(failures, where)) from last_exc
+            raise BushuError(_failure_message([f for f, _ in failures], where)) from failures[-1][1]
 
         got_opset = model.opset_imports.get("", 0)
         if opset is not None and got_opset != opset:
@@ -168,7 +176,7 @@ def export(
         if saved is None:
             _detach(model)
     ins, outs = model_specs(model)
-    fallback = "; ".join(str(f) for f in failures) if failures and used else None
+    fallback = "; ".join(str(f) for f, _ in failures) if failures else None
     return ExportResult(
         path=str(saved) if saved else None, exporter=used, fallback_reason=fallback, opset=got_opset,
         inputs=tuple(ins), outputs=tuple(outs), tolerance=tol, verification=cases, notes=tuple(notes),

@@ -62,7 +62,8 @@ def _op_name(op: str) -> str:
 
 
 def module_at(module, filename: str, line: int) -> str | None:
-    """The dotted path (and class) of the submodule whose ``forward`` holds ``filename:line``."""
+    """The dotted path (and class) of the first submodule whose class's ``forward`` holds ``filename:line`` (shared
+    code such as the 6th of six identical layers is named by the first)."""
     for path, sub in module.named_modules():
         code = getattr(type(sub).forward, "__code__", None)
         if code is None or Path(code.co_filename).resolve() != Path(filename).resolve():
@@ -96,7 +97,8 @@ def diagnose(exc: BaseException, exporter: str, module=None) -> Failure:
     if m := _OP_DYNAMO.search(text) or _OP_DYNAMO.search(str(root)):
         op = _op_name(m.group(1))
         return Failure(exporter, f"{op} has no ONNX translation in torch's dynamo exporter", op=op,
-                       fix="rewrite that call with other torch ops, or pass custom_translation_table= to torch.onnx.export")
+                       fix="rewrite that call with other torch ops, or pass custom_translation_table= to "
+                           "torch.onnx.export")
     if m := _OP_TS.search(text):
         op, opset = _op_name(m.group(1)), int(m.group(2))
         first = _ts_min_opset(m.group(1))
@@ -109,7 +111,10 @@ def diagnose(exc: BaseException, exporter: str, module=None) -> Failure:
     if m := _CALL.search(text):
         where = _where(module, m.group(1), int(m.group(2)), m.group(4)) if module is not None else None
     summary = _SUMMARY.search(text)
-    kind, msg = (summary.group(1).rsplit(".", 1)[-1], summary.group(2)) if summary else (type(root).__name__, _first_line(str(root)))
+    if summary:
+        kind, msg = summary.group(1).rsplit(".", 1)[-1], summary.group(2)
+    else:
+        kind, msg = type(root).__name__, _first_line(str(root))
     if "GuardOnDataDependent" in kind or "data-dependent" in msg:
         return Failure(exporter, "Python control flow depends on a tensor's values", where=where,
                        fix="use torch.where or torch.cond for that branch, or compute the condition outside forward")

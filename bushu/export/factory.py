@@ -1,9 +1,9 @@
 """Where the CLI gets a module: ``path/to/file.py:factory``, and weights from a ``.pt`` state dict.
 
 ``factory()`` returns the module, ``(module, example_inputs)`` or ``(module, example_inputs, dynamic_shapes)`` (the
-file knows which axes are dynamic: ``{"input_ids": {0: "batch", 1: "sequence"}}``). The file runs as a module of its own (its folder
-is importable while it loads, so it can import its neighbours). Checkpoints load with ``torch.load(...,
-weights_only=True)``: a file that would need arbitrary unpickling is refused rather than executed.
+file knows which axes are dynamic: ``{"input_ids": {0: "batch", 1: "sequence"}}``). The file runs as a module of
+its own (its folder is importable while it loads, so it can import its neighbours). Checkpoints load with
+``torch.load(..., weights_only=True)``: a file that would need arbitrary unpickling is refused rather than executed.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def load_weights(module, path: str | Path) -> None:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes that don't match
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise BushuError(f"{path} doesn't fit the module ({lines[-1][:200]}): is it the checkpoint of this model?") from None
+        raise BushuError(f"{path} doesn't fit the module ({lines[-1][:200]}): is it the checkpoint of this "
+                         "model?") from None
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:

@@ -84,8 +84,9 @@ class ExportResult(Result):
         return f"exported {where} with the {self.exporter} exporter (opset {self.opset}): {self._verdict()}"
 
     def render(self) -> str:
+        fallback = f" (fallback: {self.fallback_reason})" if self.fallback_reason else ""
         lines = [f"model     {self.path or '(in memory)'}",
-                 f"exporter  {self.exporter}" + (f" (fallback: {self.fallback_reason})" if self.fallback_reason else ""),
+                 f"exporter  {self.exporter}{fallback}",
                  f"opset     {self.opset}",
                  f"inputs    {', '.join(map(str, self.inputs))}",
                  f"outputs   {', '.join(map(str, self.outputs))}",

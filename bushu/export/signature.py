@@ -138,7 +138,9 @@ def _like(t, shape: tuple[int, ...], rng: np.random.Generator):
     return torch.from_numpy((rng.standard_normal(shape) * (std or 1.0) + mean).astype(a.dtype))
 
 
-def fresh_examples(example: Example, axes: Mapping[str, Mapping[int, str]], *, seed: int = 0) -> list[tuple[str, Example]]:
+def fresh_examples(
+    example: Example, axes: Mapping[str, Mapping[int, str]], *, seed: int = 0
+) -> list[tuple[str, Example]]:
     """``(label, inputs)`` with random values, one per size in :data:`FRESH_SIZES` along every dynamic dim at
     once (labelled like ``batch=3, sequence=13``); empty when no axis is dynamic."""
     sizes = dim_sizes(example, axes)

@@ -47,7 +47,8 @@ def _case(session, module, label: str, example: Example, tol: Tolerance) -> Veri
         return VerifyCase(label, shapes, (), error=str(e))
     names = [s.name for s in session.outputs]
     if len(expected) != len(names):
-        return VerifyCase(label, shapes, (), error=f"PyTorch returned {len(expected)} tensors, the ONNX model {len(names)}")
+        return VerifyCase(label, shapes, (),
+                          error=f"PyTorch returned {len(expected)} tensors, the ONNX model {len(names)}")
     return VerifyCase(label, shapes, tuple(diff(got[n], e, name=n, tol=tol) for n, e in zip(names, expected)))
 
 
