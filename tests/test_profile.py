@@ -114,3 +114,14 @@ def test_cli_profile(cli, ppocr_cls, tmp_path):
     assert d["kind"] == "profile" and d["rows"] and (tmp_path / "t.json").is_file()
     bad = cli("profile", ppocr_cls, "--engine", "ncnn")
     assert bad.returncode == 2
+
+
+def test_attribute_renamed_heads_follows_openvino_fusions():
+    # Conv+scale, then an activation fused behind it, then the next Conv+scale: OpenVINO names only the scales
+    m = ir.from_onnx_text("""<ir_version: 8, opset_import: ["": 17]>
+        g (float[1,3,8,8] x, float[3,3,1,1] w, float[3,1,1] s, float[3,1,1] k) => (float[1,3,8,8] y) {
+            c = Conv(x, w)  b = Mul(c, s)  a = Add(b, k)  r = Relu(a)  c2 = Conv(r, w)  y = Mul(c2, s) }""")
+    name_nodes(m)
+    anchors = [("Mul_1",), ("Mul_5",)]
+    assert attribute(m, anchors, renamed_heads=True) == [("Conv_0", "Mul_1", "Add_2", "Relu_3"), ("Conv_4", "Mul_5")]
+    assert attribute(m, anchors) == [("Conv_0", "Mul_1"), ("Add_2", "Relu_3", "Conv_4", "Mul_5")]
