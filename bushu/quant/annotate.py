@@ -18,6 +18,10 @@ execute. Rules, in order:
   preset says so (ONNX Runtime): the uint8 QuantizeLinear clamps at 0 by itself. Otherwise the activation's output
   is quantized instead of its input (OpenVINO fuses Conv+ReLU and wants the FakeQuantize after it).
 
+* Case 7: the output of a MatMul/Gemm is quantized only when a consumer takes it quantized: ONNX Runtime runs
+  DQ → MatMul → float as one integer kernel (MatMulIntegerToFloat, QGemm with float output), and transformers'
+  projections feed a float bias Add and residual stream whose outliers a per-tensor uint8 scale would crush.
+
 Graph outputs are never quantized: the model's results stay in float.
 """
 
@@ -144,10 +148,23 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
     def quantize_input(v: ir.Value) -> None:
         qparams_of.setdefault(v.name, v.name)
 
+    def takes_quantized(user: ir.Node) -> bool:
+        if user_float(user) or user.name in region:
+            return False
+        if user.op_type in preset.compute_ops or user.op_type in preset.shared_ops:
+            return True
+        if user.op_type in preset.arith_ops:
+            return all(v is not None and not _is_const(v) for v in user.inputs)
+        if user.op_type in FOLDABLE_ACTIVATIONS:
+            return any(takes_quantized(u) for u in user.outputs[0].consumers())
+        return False
+
     def quantize_output(node: ir.Node) -> None:
         out = node.outputs[0]
         if out.name in outputs:
             return
+        if node.op_type in ("MatMul", "Gemm") and not any(takes_quantized(u) for u in out.consumers()):
+            return  # Case 7: engines run DQ → MatMul/Gemm → float as one kernel (MatMulIntegerToFloat, QGemm)
         users = out.consumers()
         act = users[0] if len(users) == 1 else None
         if (act is not None and act.op_type in FOLDABLE_ACTIVATIONS and _clip_from_zero(act)

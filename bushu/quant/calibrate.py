@@ -45,7 +45,7 @@ def exposed(model: ir.Model, names: Sequence[str]):
     if missing:
         raise BushuError(f"tensors {', '.join(missing[:3])} are not in the model: re-plan after preparing it")
     copy.graph.outputs.extend(values[n] for n in names if n not in have)
-    return OrtEngine().load(copy, EngineOptions(opt_level="disable"))
+    return OrtEngine().load(copy, EngineOptions(opt_level="basic"))
 
 
 def calibrate(model: ir.Model, names: Sequence[str], feeds: Iterable[Mapping[str, np.ndarray]], *,

@@ -111,7 +111,7 @@ class QuantConfig:
     max_samples: int | None = None
     heldout: int = 8
     bias_correction: bool = False
-    smoothquant: float | str | None = None
+    smoothquant: float | str | None = "auto"
     cle: bool = False
     budget: str | None = None
     eval_fn: Callable | None = dataclasses.field(default=None, compare=False)

@@ -22,22 +22,9 @@ from .budget import Accuracy, accuracy
 from .calibrate import Calibration, calibrate
 from .convert import clone, convert
 from .prepare import prepare
-from .spec import ARITH_OPS, COMPUTE_OPS, FOLDABLE_ACTIVATIONS, SHARED_OPS, QuantConfig
+from .spec import QuantConfig
 
 RANGE_METHODS = ("minmax", "percentile", "entropy", "mse")
-
-
-def observable(model: ir.Model) -> list[str]:
-    """Every float tensor any plan could quantize (so that one calibration serves all configurations)."""
-    ops = COMPUTE_OPS | ARITH_OPS | SHARED_OPS | FOLDABLE_ACTIVATIONS
-    names = {v.name for v in model.graph.inputs if v.dtype == ir.DataType.FLOAT}
-    outs = {v.name for v in model.graph.outputs}
-    for node in model.graph:
-        if node.op_type in ops:
-            names.update(v.name for v in node.inputs if v is not None and v.dtype == ir.DataType.FLOAT
-                         and v.const_value is None and not v.is_initializer())
-            names.update(v.name for v in node.outputs if v.dtype in (ir.DataType.FLOAT, None) and v.name not in outs)
-    return sorted(names)
 
 
 def run_all(model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], engine: str = "ort",
@@ -70,7 +57,9 @@ class Session:
             sample = list(itertools.islice(feeds, config.heldout))
             feeds = itertools.chain(sample, feeds)
             notes += transform(prepared, heldout or sample)
-        cal = calibrate(prepared, observable(prepared), feeds, heldout=0 if heldout else config.heldout,
+        # a layer kept in float only ever removes tensors from a plan, so the full plan's tensors serve all
+        cal = calibrate(prepared, plan(prepared, config.preset, include=config.include, exclude=config.exclude,
+                                       keep_float=config.keep_float).observed, feeds, heldout=0 if heldout else config.heldout,
                         max_samples=config.max_samples, show_progress=config.progress, total=total)
         held = heldout if heldout else cal.heldout
         ref = run_all(prepared, held)

@@ -1,9 +1,9 @@
 """SmoothQuant (Xiao et al., 2023): migrate activation outliers into the weights.
 
-For a LayerNormalization whose output feeds only MatMul/Gemm with constant ``K×N`` weights, per input channel j:
-``s_j = max|X_j|^α / max|W_j|^(1-α)``; the LayerNorm's scale and bias are divided by ``s`` and every consumer's
-weight row j multiplied by it — the float model computes the same function, but the activation's channels become
-even enough for one per-tensor scale. ``α`` is searched on the sample feeds: for each candidate, calibrate on the
+For a LayerNormalization output X that feeds MatMul/Gemm with constant ``K×N`` weights, per channel j:
+``s_j = max|X_j|^α / max|W_j|^(1-α)``; X is divided by ``s`` (in the LayerNorm's scale and bias, or by an inserted
+Mul when X also feeds the residual branch) and each consumer's weight row j multiplied by it — the float model
+computes the same function, but the activation's channels become even enough for one per-tensor scale. ``α`` is searched on the sample feeds: for each candidate, calibrate on the
 samples, quantize, and keep the α with the best output SNR.
 """
 
@@ -19,31 +19,30 @@ from ..annotate import plan
 from ..budget import accuracy
 from ..calibrate import calibrate, exposed
 from ..convert import clone, convert
-from ..static import observable, run_all
+from ..static import run_all
 
-ALPHAS = (0.3, 0.5, 0.7, 0.85)
+ALPHAS = (0.5, 0.7, 0.85, 0.95)
 
 
-def _targets(model: ir.Model) -> list[tuple[ir.Node, list[ir.Node]]]:
+def _targets(model: ir.Model) -> list[tuple[ir.Value, list[ir.Node]]]:
+    """LayerNorm outputs that feed MatMul/Gemm with constant ``K×N`` weights, with those consumers."""
     out = []
     for node in model.graph:
-        if node.op_type != "LayerNormalization" or len(node.inputs) < 3 or node.inputs[2] is None:
+        if node.op_type != "LayerNormalization":
             continue
-        if node.inputs[1].const_value is None or node.inputs[2].const_value is None:
-            continue
-        users = node.outputs[0].consumers()
-        ok = users and all(
-            u.op_type in ("MatMul", "Gemm") and u.inputs[0] is node.outputs[0] and u.inputs[1].const_value is not None
-            and len(u.inputs[1].const_value.shape) == 2 and len(u.inputs[1].uses()) == 1
-            and not (u.op_type == "Gemm" and u.attributes.get_int("transB", 0)) for u in users)
-        if ok:
-            out.append((node, list(users)))
+        x = node.outputs[0]
+        users = [u for u in x.consumers() if u.op_type in ("MatMul", "Gemm") and u.inputs[0] is x
+                 and u.inputs[1] is not None and u.inputs[1].const_value is not None
+                 and len(u.inputs[1].const_value.shape) == 2 and len(u.inputs[1].uses()) == 1
+                 and not (u.op_type == "Gemm" and u.attributes.get_int("transB", 0))]
+        if users:
+            out.append((x, users))
     return out
 
 
 def channel_absmax(model: ir.Model, feeds: Sequence[Feed]) -> dict[str, np.ndarray]:
-    """Per-channel (last axis) max |x| of every smoothable LayerNorm output over ``feeds``."""
-    names = [ln.outputs[0].name for ln, _ in _targets(model)]
+    """Per-channel (last axis) max |x| of every smoothable activation over ``feeds``."""
+    names = [x.name for x, _ in _targets(model)]
     if not names:
         return {}
     sess = exposed(model, names)
@@ -57,21 +56,36 @@ def channel_absmax(model: ir.Model, feeds: Sequence[Feed]) -> dict[str, np.ndarr
 
 
 def smooth(model: ir.Model, amax: dict[str, np.ndarray], alpha: float) -> int:
-    """Apply the migration in place with strength ``alpha``; returns how many LayerNorms were smoothed."""
+    """Apply the migration in place with strength ``alpha``; returns how many activations were smoothed.
+
+    When the LayerNorm feeds only the smoothed layers, ``1/s`` goes into its scale and bias; when it also feeds
+    something else (the residual branch of a transformer), a ``Mul(x, 1/s)`` is inserted in front of the layers.
+    """
     count = 0
-    for ln, users in _targets(model):
-        x = amax.get(ln.outputs[0].name)
-        if x is None:
+    for x, users in _targets(model):
+        a = amax.get(x.name)
+        if a is None:
             continue
         w_amax = np.max([np.abs(u.inputs[1].const_value.numpy()).max(axis=1) for u in users], axis=0)
-        s = np.power(np.maximum(x, 1e-5), alpha) / np.power(np.maximum(w_amax, 1e-5), 1 - alpha)
+        s = np.power(np.maximum(a, 1e-5), alpha) / np.power(np.maximum(w_amax, 1e-5), 1 - alpha)
         s = np.clip(s, 1e-2, 1e2).astype(np.float32)
-        for idx in (1, 2):
-            v = ln.inputs[idx]
-            v.const_value = ir.tensor((v.const_value.numpy() / s).astype(np.float32), name=v.name)
         for u in users:
             w = u.inputs[1]
             w.const_value = ir.tensor((w.const_value.numpy() * s[:, None]).astype(np.float32), name=w.name)
+        ln = x.producer()
+        if len(x.consumers()) == len(users) and not x.is_graph_output() and ln.inputs[2] is not None:
+            for idx in (1, 2):
+                v = ln.inputs[idx]
+                v.const_value = ir.tensor((v.const_value.numpy() / s).astype(np.float32), name=v.name)
+        else:
+            inv = ir.Value(name=f"{x.name}_smooth_scale", const_value=ir.tensor(1.0 / s, name=f"{x.name}_smooth_scale"),
+                           shape=ir.Shape(s.shape), type=ir.TensorType(ir.DataType.FLOAT))
+            model.graph.register_initializer(inv)
+            mul = ir.node("Mul", [x, inv], name=f"{x.name}_smooth")
+            mul.outputs[0].name, mul.outputs[0].dtype = f"{x.name}_smoothed", ir.DataType.FLOAT
+            model.graph.insert_after(ln, mul)
+            for u in users:
+                u.replace_input_with(0, mul.outputs[0])
         count += 1
     return count
 
@@ -89,7 +103,7 @@ class SmoothQuant:
         smooth(trial, amax, alpha)
         p = self.config
         pl = plan(trial, p.preset, include=p.include, exclude=p.exclude)
-        cal = calibrate(trial, observable(trial), feeds, show_progress=False)
+        cal = calibrate(trial, pl.observed, feeds, show_progress=False)
         ranges = {n: cal.observers[n].range(p.method if p.method != "auto" else "minmax", p.preset.activations,
                                             p.percentile) for n in pl.observed}
         q = convert(clone(trial), pl, ranges, p.preset, per_channel=p.per_channel)
@@ -100,15 +114,19 @@ class SmoothQuant:
             return ["SmoothQuant skipped: no sample feeds"]
         amax = channel_absmax(model, feeds)
         if not amax:
-            return ["SmoothQuant: no LayerNormalization → MatMul/Gemm to smooth"]
+            return []  # nothing to smooth (not a transformer)
         note = ""
         alpha = self.alpha
         if alpha is None:
             scored = sorted(((self._snr(model, feeds, amax, a), a) for a in ALPHAS), reverse=True)
+            off = self._snr(model, feeds, {}, 0.0)
+            searched = ", ".join(f"α={a} {snr:.1f} dB" for snr, a in scored)
+            if off >= scored[0][0]:
+                return [f"SmoothQuant off: no α beat {off:.1f} dB without it ({searched})"]
             alpha = scored[0][1]
-            note = " (searched: " + ", ".join(f"α={a} {snr:.1f} dB" for snr, a in scored) + ")"
+            note = f" (searched: {searched}; without: {off:.1f} dB)"
         n = smooth(model, amax, alpha)
-        return [f"SmoothQuant α={alpha} on {n} LayerNorm → MatMul groups{note}"]
+        return [f"SmoothQuant α={alpha} on {n} LayerNorm outputs{note}"]
 
 
 def transform(config) -> SmoothQuant:
