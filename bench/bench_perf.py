@@ -25,7 +25,7 @@ from bushu.bench.models import resolve
 from bushu.engines import available, open_session
 from bushu.inputs import synthesize
 from bushu.profile import peaks
-from bushu.timing import machine, measure
+from bushu.timing import machine
 
 ZOO = ["ppocr-cls", "ppocr-rec", "ppocr-det", "silero-vad"]
 TORCH_ZOO = ["digits-cnn", "mobilenetv3-small-like", "resnet18-like"]

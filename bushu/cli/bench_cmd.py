@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from ..inputs import parse_shape_args, parse_value_args
+from ..report import add_report_argument, write_if_asked
 
 HELP = "benchmark models across engines and batch sizes: latency quantiles, throughput, load time, peak memory"
 EXAMPLES = """\
@@ -36,7 +37,7 @@ def add_arguments(p):
     p.add_argument("--in-process", action="store_true",
                    help="run every engine in this process (faster; peak memory less exact)")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the rows as CSV")
-    p.add_argument("--report", default=None, metavar="OUT.html", help="also write an HTML report")
+    add_report_argument(p)
 
 
 def run(args):
@@ -48,8 +49,5 @@ def run(args):
                    isolate=not args.in_process, show_progress=not args.quiet)
     if args.csv:
         result.write_csv(args.csv)
-    if args.report:
-        from ..report import write_report
-
-        write_report([result], args.report)
+    write_if_asked(args, result)
     return result

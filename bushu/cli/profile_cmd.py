@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from ..inputs import parse_shape_args, parse_value_args
+from ..report import add_report_argument, write_if_asked
 
 HELP = "per-kernel time on ORT/OpenVINO joined with FLOPs and bytes: GFLOP/s, % of peak, bound, trace"
 EXAMPLES = """\
@@ -23,7 +24,7 @@ def add_arguments(p):
                    help="fill an input with a fixed value, e.g. sr=16000 (repeatable)")
     p.add_argument("--budget", type=float, default=1.0, metavar="SECONDS", help="profiled runs (default: 1 s)")
     p.add_argument("--trace", default=None, metavar="OUT.json", help="write a Chrome/Perfetto trace")
-    p.add_argument("--report", default=None, metavar="OUT.html", help="also write an HTML report")
+    add_report_argument(p)
 
 
 def run(args):
@@ -32,8 +33,5 @@ def run(args):
     result = profile(args.model, args.engine, shapes=parse_shape_args(args.shape), values=parse_value_args(args.value),
                      inputs=args.input, threads=args.threads, opt_level=args.opt_level, budget_s=args.budget,
                      trace=args.trace)
-    if args.report:
-        from ..report import write_report
-
-        write_report([result], args.report)
+    write_if_asked(args, result)
     return result

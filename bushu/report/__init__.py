@@ -81,4 +81,15 @@ def report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *, tit
     return write_report(results, output, title=title)
 
 
-__all__ = ["ReportResult", "report", "write_report"]
+def add_report_argument(parser) -> None:
+    """The ``--report OUT.html`` option, for any subcommand whose result the report renders."""
+    parser.add_argument("--report", default=None, metavar="OUT.html", help="also write an HTML report of the result")
+
+
+def write_if_asked(args, *results) -> ReportResult | None:
+    """Write ``results`` to ``args.report`` when the user gave ``--report``; a CLI module calls this in ``run``."""
+    path = getattr(args, "report", None)
+    return write_report(results, path) if path else None
+
+
+__all__ = ["ReportResult", "add_report_argument", "report", "write_if_asked", "write_report"]
