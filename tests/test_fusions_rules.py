@@ -163,3 +163,16 @@ def test_fusions_reach_if_bodies():
     body = after.graph.node(0).attributes["then_branch"].as_graph()
     assert [n.op_type for n in body] == ["Softplus"]
     same_outputs(before, after, values={"c": 1})
+
+
+def test_real_legacy_encoder_fuses_layernorm_and_gelu_at_opset_20(torch_zoo):
+    path = torch_zoo("tiny-encoder", legacy=True)  # TorchScript exporter, opset 13, nothing fused
+    _, old = bushu.optimize(path, verify="end", latency=False, show_progress=False)
+    assert old and "LayerNormalization" not in old.nodes_after
+    assert any("LayerNormalization needs opset 17, the model has 13 (rerun with --opset 17)" in n for n in old.notes)
+    assert any("Gelu needs opset 20" in n for n in old.notes)
+    _, new = bushu.optimize(path, opset=20, verify="end", latency=False, show_progress=False)
+    assert new, new.render()
+    assert new.nodes_after["LayerNormalization"] == new.fired["fuse-layernorm"] == old.nodes_before["ReduceMean"] // 2
+    assert new.nodes_after["Gelu"] == old.nodes_before["Erf"]
+    assert "Erf" not in new.nodes_after and "ReduceMean" not in new.nodes_after

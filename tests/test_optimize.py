@@ -25,7 +25,7 @@ def optimized(tmp_path_factory, ppocr_det, ppocr_rec, ppocr_cls, silero_vad, tor
                "minilm-legacy": torch_zoo("minilm", legacy=True)}
     done = {}
     for name, src in sources.items():
-        _, result = bushu.optimize(src, out / f"{name}.onnx", latency=False, show_progress=False)
+        _, result = bushu.optimize(src, out / f"{name}.onnx", samples=2, latency=False, show_progress=False)
         done[name] = (src, out / f"{name}.onnx", result)
     return done
 
@@ -58,7 +58,7 @@ def test_idempotent(optimized, name, tmp_path):
 @pytest.mark.parametrize("name", ["ppocr-cls", "silero-vad"])
 def test_deterministic(optimized, name, tmp_path):
     src, out, _ = optimized[name]
-    _, _ = bushu.optimize(src, tmp_path / "b.onnx", latency=False, show_progress=False)
+    _, _ = bushu.optimize(src, tmp_path / "b.onnx", samples=2, latency=False, show_progress=False)
     assert (tmp_path / "b.onnx").read_bytes() == out.read_bytes()
 
 
