@@ -21,9 +21,7 @@ import numpy as np
 import onnx
 
 import bushu
-import bushu.zoo as zoo
-import bushu.zoo_torch as zoo_torch
-from bushu import engines
+from bushu import engines, zoo, zoo_torch
 from bushu.engines.base import EngineOptions
 from bushu.passes.verify import make_feeds
 from bushu.timing import machine, measure

@@ -28,6 +28,7 @@ from .results import Result
 from .run import save_npz
 
 MAX_STEPS = 32
+DEFAULT_TOL = Tolerance()  # bushu compare's defaults: the mismatch a user sees there is the one reduced here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,7 @@ def reduce(
     *,
     engines: tuple[str, str] = ("ort", "openvino"),
     inputs=None,
-    tol: Tolerance = Tolerance(),
+    tol: Tolerance = DEFAULT_TOL,
     force: bool = False,
     **synth,
 ) -> tuple[ir.Model | None, ReduceResult]:

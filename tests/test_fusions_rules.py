@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import onnx_ir as ir
+from test_passes_cleanup import ops, same_outputs
 
 import bushu
-from test_passes_cleanup import ops, same_outputs
 
 
 def fuse(text: str, opset: int, *passes: str):

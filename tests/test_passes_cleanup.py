@@ -7,8 +7,8 @@ import onnx_ir as ir
 import pytest
 
 import bushu
-from bushu.inputs import synthesize
 from bushu.engines import model_specs
+from bushu.inputs import synthesize
 from bushu.passes.verify import run_ort
 
 HEAD = '<ir_version: 8, opset_import: ["" : 17]>\n'
@@ -136,7 +136,7 @@ def test_cse_merges_in_the_main_graph_and_in_if_bodies():
                  else_branch = e () => (float[N, 4] o2) { o2 = Neg (x) }>
     }""", "cse", "dead-code")
     assert ops(after).count("Relu") == 1
-    then = after.graph.node("If") if False else [n for n in after.graph if n.op_type == "If"][0]
+    then = next(n for n in after.graph if n.op_type == "If")
     assert [n.op_type for n in then.attributes["then_branch"].as_graph()] == ["Sigmoid", "Mul"]
     assert result.fired["cse"] == 2
     same_outputs(before, after, values={"c": 1})

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
+from test_passes_cleanup import ops, optimize, same_outputs
 
 import bushu
-from test_passes_cleanup import HEAD, ops, optimize, same_outputs
 
 CONV_BN = """
     g (float[N, 2, 5, 5] x) => (float[N, 3, 5, 5] y)

@@ -45,7 +45,7 @@ def run(args):
     shapes = {k: v for k, v in parse_shape_args(args.shape).items() if isinstance(v, tuple)}
     for k, v in _pairs(args.dim, "--dim").items():
         shapes[k] = int(v) if v.isdigit() else v
-    split = lambda s: [x for x in (s or "").split(",") if x]  # noqa: E731
+    split = lambda s: [x for x in (s or "").split(",") if x]
     _, result = edit(args.model, args.output, shapes=shapes, opset=args.opset, inputs=split(args.inputs),
                      outputs=split(args.outputs), rename_io=_pairs(args.rename, "--rename"),
                      verify=not args.no_verify, force=args.force,

@@ -27,7 +27,7 @@ from .result import OptimizeResult, Step, initializer_bytes, op_counts
 from .tidy import tidy
 from .verify import DEFAULT_TOL, Verifier, first_divergent_node, make_feeds
 
-__all__ = ["optimize", "OptimizeResult", "check_model"]
+__all__ = ["OptimizeResult", "check_model", "optimize"]
 
 MAX_ROUNDS = 4
 VERIFY_EACH_LIMIT = 1 << 30  # bytes of weights; above it each pass would cost a full ORT load, so verify at the end

@@ -10,7 +10,10 @@ The model's real inputs and outputs are kept even when unused: the signature is 
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveInitializersFromInputsPass, RemoveUnusedNodesPass
+from onnx_ir.passes.common import (
+    RemoveInitializersFromInputsPass,
+    RemoveUnusedNodesPass,
+)
 
 from .registry import PassContext, graphs, register
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .identity import eliminate_identities
 from ._rewire import const, static_shape, to_identity
+from .identity import eliminate_identities
 from .registry import PassContext, graphs, register
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter.rules import common as rules
 
+from ._rewire import const, to_identity
 from ._rules import apply_rules
 from .identity import eliminate_identities
-from ._rewire import const, to_identity
 from .registry import PassContext, graphs, register
 
 _RULES = [
