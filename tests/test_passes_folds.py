@@ -98,3 +98,19 @@ def test_batchnorm_folds_on_real_legacy_exports(torch_zoo):
         assert result.fired.get("fold-batchnorm", 0) == result.nodes_before["BatchNormalization"]
         assert "BatchNormalization" not in result.nodes_after
         assert sum(result.nodes_after.values()) < sum(result.nodes_before.values())
+
+
+def test_constant_chains():
+    before, after, result = optimize("""
+    g (float[N, 4] x, int64[N] i) => (float[N, 4] y, int64[N] j) <float[4] a = {1, 2, 3, 4}, float b = {0.5},
+        int64 k = {3}, int64 m = {4}> {
+      p = Add (x, a)
+      y = Add (b, p)
+      q = Mul (i, k)
+      j = Mul (q, m)
+    }""", "constant-chains", "dead-code")
+    assert ops(after) == ["Add", "Mul"]
+    np.testing.assert_allclose(after.graph.node(0).inputs[1].const_value.numpy(), [1.5, 2.5, 3.5, 4.5])
+    assert after.graph.node(1).inputs[1].const_value.numpy() == 12
+    assert result.fired["constant-chains"] == 2
+    same_outputs(before, after)

@@ -28,6 +28,8 @@ FOLDS = [
     "fold-conv-affine",
     "fold-pad",
     "reshape-chain",
+    # NOTE: after fold-conv-affine, which takes a per-channel Mul/Add into the Conv before it could be merged here.
+    "constant-chains",
 ]
 
 FUSIONS = [
