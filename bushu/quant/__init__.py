@@ -14,12 +14,15 @@ of images with an :class:`~bushu.quant.data.ImagePreprocess`; it is streamed. Po
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
 
 import onnx_ir as ir
 
 from .. import ir as bir
 from ..engines.base import model_specs
+from ..errors import BushuError
 from ..run import model_name
 from .data import ImagePreprocess, feeds
 from .result import QuantizeResult
@@ -39,6 +42,10 @@ def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config:
     synthesized one) only to verify and time the result. ``heldout``: feeds to measure accuracy on (default: the
     first ``config.heldout`` calibration feeds). Keyword ``overrides`` replace fields of ``config``.
     """
+    src = bir.source_path(model) if isinstance(model, ir.Model) else Path(model).resolve()
+    if output is not None and src is not None and Path(output).resolve() == src and not force:
+        # checked before the work: the quantized model no longer remembers the file it came from
+        raise BushuError(f"refusing to overwrite the input {output}: choose another -o path or pass --force")
     config = config or QuantConfig()
     if overrides:
         config = config.replace(**overrides)
@@ -60,17 +67,5 @@ def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config:
         data = feeds(calibration_data, specs, preprocess)[0] if calibration_data is not None else None
         result = quantize_mode(m, data, config, heldout=held, source=name)
     if output is not None:
-        import dataclasses
-
-        saved = bir.save(result.model, output, force=force) if _not_input(m, output, force) else None
-        result = dataclasses.replace(result, saved_to=str(saved))
+        result = dataclasses.replace(result, saved_to=str(bir.save(result.model, output, force=True)))
     return result
-
-
-def _not_input(model: ir.Model, output, force: bool) -> bool:
-    src = bir.source_path(model)
-    if src is not None and os.path.abspath(output) == str(src) and not force:
-        from ..errors import BushuError
-
-        raise BushuError(f"refusing to overwrite the input {output}: choose another -o path or pass --force")
-    return True

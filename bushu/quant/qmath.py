@@ -31,7 +31,8 @@ def qparams(lo, hi, qt: QType) -> tuple[np.ndarray, np.ndarray]:
         safe = np.where(scale > 0, scale, 1.0)
         zp = np.clip(np.rint(qt.qmin - lo / safe), qt.qmin, qt.qmax).astype(np.int64)
     # An all-zero tensor: any scale represents it; 1 avoids a division by zero in engines.
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    scale = scale.astype(np.float32)  # checked after the cast: a subnormal float64 scale becomes 0 in float32
+    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
     return scale, zp.astype(np_dtype(qt))
 
 

@@ -22,9 +22,23 @@ from .budget import Accuracy, accuracy
 from .calibrate import Calibration, calibrate
 from .convert import clone, convert
 from .prepare import prepare
-from .spec import QuantConfig
+from .spec import FOLDABLE_ACTIVATIONS, QuantConfig
 
 RANGE_METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+def observable(model: ir.Model, config: QuantConfig) -> list[str]:
+    """Every tensor that some plan of ``model`` may take a range from — the full plan's, plus the inputs and
+    outputs of weighted/arithmetic ops and activations, which get ranges of their own when a neighbour is kept in
+    float — so that one calibration serves every configuration the budget search tries."""
+    p = config.preset
+    names = set(plan(model, p, include=config.include, exclude=config.exclude, keep_float=config.keep_float).observed)
+    outs = {v.name for v in model.graph.outputs}
+    for node in model.graph:
+        if node.op_type in p.compute_ops or node.op_type in p.arith_ops or node.op_type in FOLDABLE_ACTIVATIONS:
+            names.update(v.name for v in (*node.inputs, *node.outputs) if v is not None and v.name not in outs
+                         and v.dtype == ir.DataType.FLOAT and v.const_value is None and not v.is_initializer())
+    return sorted(names)
 
 
 def run_all(model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], engine: str = "ort",
@@ -57,9 +71,7 @@ class Session:
             sample = list(itertools.islice(feeds, config.heldout))
             feeds = itertools.chain(sample, feeds)
             notes += transform(prepared, heldout or sample)
-        # a layer kept in float only ever removes tensors from a plan, so the full plan's tensors serve all
-        cal = calibrate(prepared, plan(prepared, config.preset, include=config.include, exclude=config.exclude,
-                                       keep_float=config.keep_float).observed, feeds, heldout=0 if heldout else config.heldout,
+        cal = calibrate(prepared, observable(prepared, config), feeds, heldout=0 if heldout else config.heldout,
                         max_samples=config.max_samples, show_progress=config.progress, total=total)
         held = heldout if heldout else cal.heldout
         ref = run_all(prepared, held)

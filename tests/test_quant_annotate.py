@@ -1,0 +1,156 @@
+"""Where Q/DQ goes, per engine preset: structural tests on small graphs written in ONNX text, and a numeric check
+that each quantized graph runs on ONNX Runtime close to the float one."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from bushu.engines import open_session
+from bushu.quant.annotate import plan
+from bushu.quant.convert import clone, convert
+from bushu.quant.spec import PRESETS
+
+CNN = """
+<ir_version: 8, opset_import: ["" : 13]>
+cnn (float[1,3,8,8] x, float[4,3,3,3] w1, float[4] b1, float[4,4,1,1] w2, float[4] b2) => (float[1,4,8,8] y) {
+  c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+  r1 = Relu (c1)
+  p = MaxPool <kernel_shape = [1, 1]> (r1)
+  y = Conv (p, w2, b2)
+}
+"""
+
+ATTENTION = """
+<ir_version: 8, opset_import: ["" : 13]>
+attn (float[1,4,8] x, int64[1,4] mask, float[8,8] wq, float[8] bq, float[8,8] wk, float[] sqrtd, float[] one,
+      float[] neg, int64[1] axes) => (float[1,4,8] y) {
+  q = MatMul (x, wq)
+  qb = Add (q, bq)
+  k = MatMul (x, wk)
+  kt = Transpose <perm = [0, 2, 1]> (k)
+  s = MatMul (qb, kt)
+  sc = Div (s, sqrtd)
+  mf = Cast <to = 1> (mask)
+  m1 = Sub (one, mf)
+  m2 = Mul (m1, neg)
+  m3 = Unsqueeze (m2, axes)
+  a = Add (sc, m3)
+  pr = Softmax <axis = -1> (a)
+  y = MatMul (pr, x)
+}
+"""
+
+
+def build(text: str, weights: dict[str, np.ndarray]) -> ir.Model:
+    """Parse ``text`` and turn the inputs named in ``weights`` into initializers."""
+    model = ir.from_onnx_text(text)
+    for v in list(model.graph.inputs):
+        if v.name in weights:
+            v.const_value = ir.tensor(weights[v.name], name=v.name)
+            model.graph.inputs.remove(v)
+            model.graph.register_initializer(v)
+    for i, node in enumerate(model.graph):
+        node.name = node.name or f"n{i}_{node.op_type}"
+    return model
+
+
+@pytest.fixture
+def cnn():
+    rng = np.random.default_rng(0)
+    return build(CNN, {"w1": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "b1": rng.normal(size=4).astype(np.float32),
+                       "w2": rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "b2": rng.normal(size=4).astype(np.float32)})
+
+
+@pytest.fixture
+def attention():
+    rng = np.random.default_rng(0)
+    f = np.float32
+    return build(ATTENTION, {"wq": rng.normal(size=(8, 8)).astype(f), "bq": rng.normal(size=8).astype(f),
+                             "wk": rng.normal(size=(8, 8)).astype(f), "sqrtd": np.array(2.8, f),
+                             "one": np.array(1.0, f), "neg": np.array(-10000.0, f), "axes": np.array([1])})
+
+
+def observed_ranges(model: ir.Model, p, feed) -> dict[str, tuple[float, float]]:
+    from bushu.quant.calibrate import exposed
+
+    outs = exposed(model, p.observed).run(feed, p.observed)
+    return {n: (float(v.min()), float(v.max())) for n, v in outs.items()}
+
+
+def by_op(model: ir.Model, op: str) -> list[ir.Node]:
+    return [n for n in model.graph if n.op_type == op]
+
+
+def consumers_of(model: ir.Model, name: str) -> list[str]:
+    return [n.op_type for n in model.graph for v in n.inputs if v is not None and v.name == name]
+
+
+def quantized(model: ir.Model, engine: str, feed, **kw) -> tuple[ir.Model, object]:
+    p = plan(model, PRESETS[engine], **kw)
+    q = convert(clone(model), p, observed_ranges(model, p, feed), PRESETS[engine])
+    return q, p
+
+
+def test_ort_preset_folds_relu_and_shares_maxpool_params(cnn):
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    q, p = quantized(cnn, "ort", {"x": x})
+    assert by_op(q, "Relu") == [] and p.folded == ("n1_Relu",)
+    # one Q per quantized activation: the input, the conv output (with the ReLU's range), the MaxPool output
+    qs = {n.inputs[0].name: n for n in by_op(q, "QuantizeLinear")}
+    assert sorted(qs) == ["c1", "p", "x"]
+    assert qs["c1"].inputs[2].const_value.numpy().dtype == np.uint8 and int(qs["c1"].inputs[2].const_value.numpy()) == 0
+    # MaxPool reads the dequantized conv output and its output is quantized with the very same scale and zero point
+    # (so that engines drop the pair around it)
+    assert by_op(q, "MaxPool")[0].inputs[0].producer().op_type == "DequantizeLinear"
+    for i in (1, 2):
+        assert qs["p"].inputs[i].const_value.numpy() == qs["c1"].inputs[i].const_value.numpy()
+    # weights: int8 per output channel behind a DQ(axis=0); bias int32 at x_scale * w_scale
+    for conv in by_op(q, "Conv"):
+        wdq = conv.inputs[1].producer()
+        assert wdq.op_type == "DequantizeLinear" and wdq.attributes["axis"].value == 0
+        assert wdq.inputs[0].const_value.numpy().dtype == np.int8 and wdq.inputs[1].const_value.shape == (4,)
+        bdq = conv.inputs[2].producer()
+        assert bdq.inputs[0].const_value.numpy().dtype == np.int32
+        x_scale = float(conv.inputs[0].producer().inputs[1].const_value.numpy())
+        np.testing.assert_allclose(bdq.inputs[1].const_value.numpy(), x_scale * wdq.inputs[1].const_value.numpy(),
+                                   rtol=1e-6)
+    # the graph output stays float straight out of the last conv
+    assert q.graph.outputs[0].producer().op_type == "Conv"
+    ref = open_session(cnn, "ort").run({"x": x})["y"]
+    out = open_session(q, "ort").run({"x": x})["y"]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.999
+
+
+def test_openvino_preset_keeps_relu_and_quantizes_after_it(cnn):
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    q, p = quantized(cnn, "openvino", {"x": x})
+    assert len(by_op(q, "Relu")) == 1 and p.folded == ()
+    assert sorted(n.inputs[0].name for n in by_op(q, "QuantizeLinear")) == ["p", "r1", "x"]
+    assert all(n.inputs[2].const_value.numpy().dtype == np.int8 for n in by_op(q, "QuantizeLinear"))
+    assert consumers_of(q, "c1") == ["Relu"]
+
+
+def test_exclude_and_include_by_name_or_op_type(cnn):
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    q, p = quantized(cnn, "ort", {"x": x}, exclude=("Conv",))
+    assert by_op(q, "QuantizeLinear") == [] and set(p.reasons.values()) == {"excluded"}
+    q, p = quantized(cnn, "ort", {"x": x}, include=("n3_Conv",))
+    assert [w.node for w in p.weights] == ["n3_Conv"] and p.reasons == {"n0_Conv": "not included"}
+    assert len(by_op(q, "Relu")) == 1  # nothing to fold into: the first conv stays float
+
+
+def test_attention_mask_and_softmax_arithmetic_stay_float(attention):
+    rng = np.random.default_rng(2)
+    feed = {"x": rng.normal(size=(1, 4, 8)).astype(np.float32), "mask": np.array([[1, 1, 1, 0]], np.int64)}
+    q, p = quantized(attention, "ort", feed)
+    quantized_tensors = {n.inputs[0].name for n in by_op(q, "QuantizeLinear")}
+    # projections read quantized x; K goes quantized through the Transpose into QK^T; Q's bias Add stays float
+    assert {"x", "k", "qb", "pr"} <= quantized_tensors
+    assert not quantized_tensors & {"q", "s", "sc", "a", "m2", "m3", "y"}
+    assert [n.inputs[0].producer().op_type for n in by_op(q, "Softmax")] == ["Add"]
+    assert by_op(q, "Transpose")[0].inputs[0].producer().op_type == "DequantizeLinear"
+    ref = open_session(attention, "ort").run(feed)["y"]
+    out = open_session(q, "ort").run(feed)["y"]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99

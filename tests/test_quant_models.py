@@ -1,0 +1,167 @@
+"""bushu.quantize on the real models: the digits CNN, PP-OCRv4 rec, all-MiniLM-L6-v2 (budget: ~200 s)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bushu
+from bushu import datasets
+from bushu.engines import open_session
+from bushu.quant import QuantConfig, quantize
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return datasets.digits()
+
+
+def digits_calib(x_train, n=10, batch=32):
+    return [{"input": x_train[i:i + batch]} for i in range(0, n * batch, batch)]
+
+
+def top1(model, x, y, engine="ort"):
+    out = open_session(model, engine).run({"input": x})["logits"]
+    return float((out.argmax(1) == y).mean())
+
+
+@pytest.fixture(scope="module")
+def digits_int8(digits_onnx, digits):
+    x_tr, _, x_te, _ = digits
+    return quantize(digits_onnx, digits_calib(x_tr), QuantConfig(progress=False), heldout=[{"input": x_te}])
+
+
+def test_digits_int8_keeps_top1_within_half_a_point(digits_onnx, digits, digits_int8):
+    _, _, x_te, y_te = digits
+    fp32, int8 = top1(bushu.load(digits_onnx), x_te, y_te), top1(digits_int8.model, x_te, y_te)
+    assert fp32 > 0.95
+    assert fp32 - int8 <= 0.005
+    assert digits_int8 and digits_int8.quantized_layers == 4
+    ops = {n.op_type for n in digits_int8.model.graph}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "Relu" not in ops  # ReLUs folded for ORT
+
+
+def test_speed_is_reported_with_a_reason_when_slower(digits_int8):
+    sp = digits_int8.speed
+    assert sp is not None and sp.fp32.median_ms > 0 and sp.quantized.median_ms > 0
+    assert sp.speedup == pytest.approx(sp.fp32.median_ms / sp.quantized.median_ms)
+    assert sp.integer_ops >= 4  # QLinearConv/QGemm: ORT fused the groups
+    if sp.speedup < 1.0:
+        assert sp.reasons and "slower because" in str(sp)
+    assert "latency" in digits_int8.render()
+
+
+def test_budget_top1_drop_is_met(digits_onnx, digits):
+    x_tr, y_tr, x_te, y_te = digits
+    r = quantize(digits_onnx, digits_calib(x_tr), QuantConfig(progress=False, budget="top1-drop<=0.5",
+                                                            measure_speed=False), heldout=[{"input": x_te}])
+    assert r and r.budget_met and r.budget_steps
+    assert r.accuracy.top1 >= 0.995
+    assert top1(bushu.load(digits_onnx), x_te, y_te) - top1(r.model, x_te, y_te) <= 0.005
+
+
+def test_unreachable_budget_keeps_layers_in_float_and_says_so(digits_onnx, digits):
+    x_tr, _, x_te, _ = digits
+    r = quantize(digits_onnx, digits_calib(x_tr, n=3), QuantConfig(progress=False, budget="snr>=60",
+                                                                   measure_speed=False), heldout=[{"input": x_te[:64]}])
+    steps = r.budget_steps
+    assert len(steps) >= 2 and not all(s.met for s in steps)
+    # the search only stops at the first passing count of float layers, or when all are float
+    assert r.accuracy.snr_db >= 60 or not r
+    assert sorted(len(s.float_layers) for s in steps)[0] == 0
+
+
+def test_diagnosis_ranks_layers_and_tracks_tensors(digits_onnx, digits):
+    x_tr, _, x_te, _ = digits
+    r = quantize(digits_onnx, digits_calib(x_tr, n=4), QuantConfig(progress=False, diagnose=True, measure_speed=False),
+                 heldout=[{"input": x_te[:128]}])
+    d = r.diagnosis
+    assert [s.gain_db for s in d.layers] == sorted((s.gain_db for s in d.layers), reverse=True)
+    assert {s.node for s in d.layers} == {n.name for n in r.model.graph if n.op_type in ("Conv", "Gemm")}
+    assert all(s.alone_snr_db > d.full_snr_db - 1.0 for s in d.layers)  # one layer alone errs less than all
+    assert d.tensors and all(t.cosine > 0.99 for t in d.tensors)
+    assert "gain dB" in d.render() and r.to_json()
+
+
+def test_openvino_runs_its_preset(digits_onnx, digits):
+    pytest.importorskip("openvino")
+    x_tr, _, x_te, y_te = digits
+    r = quantize(digits_onnx, digits_calib(x_tr, n=4), QuantConfig(engine="openvino", progress=False,
+                                                                   measure_speed=False), heldout=[{"input": x_te}])
+    zps = [n.inputs[2].const_value.numpy() for n in r.model.graph if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.int8 for z in zps)
+    assert top1(bushu.load(digits_onnx), x_te, y_te, "openvino") - top1(r.model, x_te, y_te, "openvino") <= 0.01
+
+
+def test_ppocr_rec_int8_reads_rendered_lines(ppocr_rec):
+    from bushu.zoo import ppocr_keys
+
+    calib = [{"x": line.x} for line in datasets.text_lines(24, seed=100)]
+    test = datasets.text_lines(40, seed=7)
+    r = quantize(ppocr_rec, calib, QuantConfig(progress=False, measure_speed=False, heldout=4))
+    assert any("opset 12 to 13" in n for n in r.notes)
+    keys = ppocr_keys()
+
+    def words(model):
+        s = open_session(model, "ort")
+        return np.mean([datasets.ppocr_decode(next(iter(s.run({"x": t.x}).values())), keys)[0] == t.text
+                        for t in test])
+
+    fp32, int8 = words(bushu.load(ppocr_rec)), words(r.model)
+    assert fp32 >= 0.85
+    assert int8 >= fp32 - 0.05  # at most 2 of 40 lines lost
+
+
+@pytest.fixture(scope="module")
+def minilm_data():
+    from bushu.zoo_torch import minilm_tokenizer
+
+    tok = minilm_tokenizer()
+    sents = [s for _, s in datasets.sentences()]
+
+    def feed(batch):
+        enc = tok(batch, padding=True, return_tensors="np")
+        return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    return [feed([s]) for s in sents[0:48:2]], [feed([s]) for s in sents[1:200:5]]
+
+
+def embeddings(model, feeds):
+    s = open_session(model, "ort")
+    return np.concatenate([s.run(f)["sentence_embedding"] for f in feeds])
+
+
+@pytest.fixture(scope="module")
+def minilm_ref(minilm_onnx, minilm_data):
+    return embeddings(bushu.load(minilm_onnx), minilm_data[1])
+
+
+def test_minilm_static_int8_does_not_collapse_by_default(minilm_onnx, minilm_data, minilm_ref):
+    calib, test = minilm_data
+    r = quantize(minilm_onnx, calib, QuantConfig(progress=False, measure_speed=False))
+    cos = (embeddings(r.model, test) * minilm_ref).sum(1)
+    assert cos.mean() >= 0.95, cos.mean()
+    assert any(n.startswith("SmoothQuant") for n in r.notes)
+    softmax_inputs = [n.inputs[0].producer().op_type for n in r.model.graph if n.op_type == "Softmax"]
+    assert softmax_inputs and set(softmax_inputs) == {"Add"}  # mask Add and Softmax left in float
+
+
+@pytest.mark.parametrize("mode, ops, min_cos", [
+    ("dynamic", {"DynamicQuantizeLinear", "MatMulInteger"}, 0.98),
+    ("weight-only", {"DequantizeLinear"}, 0.98),
+    ("int4", {"DequantizeLinear"}, 0.9),
+    ("fp16", {"Cast"}, 0.999),
+])
+def test_other_modes_run_and_verify(minilm_onnx, minilm_data, minilm_ref, mode, ops, min_cos):
+    calib, test = minilm_data
+    r = quantize(minilm_onnx, calib, QuantConfig(mode=mode, progress=False, measure_speed=False))
+    present = {n.op_type for n in r.model.graph}
+    assert ops <= present and "QuantizeLinear" not in present
+    assert r.accuracy is not None and r.accuracy.samples >= 1
+    cos = (embeddings(r.model, test) * minilm_ref).sum(1)
+    assert cos.mean() >= min_cos, (mode, cos.mean())
+    sig = open_session(r.model, "ort")
+    assert [i.dtype for i in sig.outputs] == ["float32", "float32"]  # fp16 keeps the float32 interface
+    if mode == "int4":
+        blocked = [n for n in r.model.graph if n.op_type == "DequantizeLinear"]
+        assert all(n.attributes["block_size"].value == 32 for n in blocked)
