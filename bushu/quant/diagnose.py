@@ -66,7 +66,7 @@ class Diagnosis(Result):
 
 
 def _snr(session: Session, q) -> float:
-    return session.score(q).snr_db
+    return session.score(q, user_metric=False).snr_db
 
 
 def sensitivity(session: Session, method: str, *, alone: bool = True) -> tuple[float, list[LayerSensitivity]]:

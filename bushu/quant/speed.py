@@ -83,7 +83,7 @@ def islands(model: ir.Model) -> tuple[int, dict[str, int], int]:
     return integer, dict(found.most_common()), reorders
 
 
-def reasons_for(engine: str, speedup: float, integer: int, float_islands: Mapping[str, int], reorders: int,
+def reasons_for(engine: str, integer: int, float_islands: Mapping[str, int], reorders: int,
                 dq_float: int) -> tuple[str, ...]:
     out = []
     if float_islands:
@@ -120,5 +120,5 @@ def measure_speed(float_model: ir.Model, quant_model: ir.Model, feed: Mapping[st
         integer, isl, reorders = islands(opt)
         dq_float = sum(1 for n in opt.graph if n.op_type == "DequantizeLinear"
                        for u in n.outputs[0].consumers() if u.op_type != "QuantizeLinear")
-    reasons = reasons_for(engine, speedup, integer, isl, reorders, dq_float) if speedup < 1.0 else ()
+    reasons = reasons_for(engine, integer, isl, reorders, dq_float) if speedup < 1.0 else ()
     return Speed(engine, lat["fp32"], lat["quantized"], speedup, integer, isl, reorders, reasons)

@@ -104,9 +104,11 @@ class Session:
         q = convert(clone(self.model), p, r, self.config.preset, per_channel=self.config.per_channel)
         return q, p
 
-    def score(self, q: ir.Model) -> Accuracy:
+    def score(self, q: ir.Model, *, user_metric: bool = True) -> Accuracy:
+        """``q`` against the float model on the held-out feeds; ``user_metric=False`` skips the user's metric
+        (the sensitivity ranking needs only the output error)."""
         outs = run_all(q, self.heldout)
-        ev = float(self.eval_fn(self.runner(q))) if self.eval_fn is not None else None
+        ev = float(self.eval_fn(self.runner(q))) if self.eval_fn is not None and user_metric else None
         return accuracy(self.reference, outs, eval_float=self.eval_float, eval_quantized=ev)
 
     @property

@@ -1,0 +1,390 @@
+"""Benchmark ``bushu quantize`` against ONNX Runtime's ``quantize_static`` and NNCF on real models.
+
+In one run, on the same ONNX files and the same calibration feeds:
+
+* ``ort-s8s8-minmax`` / ``ort-s8s8-entropy``: ``quantize_static`` at its defaults (QDQ, int8 activations and
+  weights) with per-channel weights, MinMax or Entropy calibration;
+* ``ort-u8s8rr-minmax`` / ``ort-u8s8rr-entropy``: its best setting on x86 CPUs (uint8 activations, ``reduce_range``);
+* ``nncf``: ``nncf.quantize`` at its defaults (``model_type=TRANSFORMER`` for MiniLM);
+* ``bushu-ort`` / ``bushu-openvino``: ``bushu.quantize`` with its defaults for each engine preset; ``bushu-budget``
+  with the issue's budget where there is one; ``bushu-dynamic`` for MiniLM.
+
+Every model is scored on ONNX Runtime and on OpenVINO (the same file), and timed on both with
+``bushu.timing.measure`` (one session at a time). Models and metrics:
+
+* digits CNN (bushu.zoo_torch): top-1 on the 449 held-out digits;
+* PP-OCRv4 rec: exact-match word accuracy on rendered lines (bushu.datasets.text_lines, DejaVu fonts);
+* all-MiniLM-L6-v2: cosine between float and quantized sentence embeddings, and top-5 nearest-neighbour agreement,
+  on bushu.datasets.sentences();
+* PP-OCRv4 det and a MobileNetV3-small-like network (random weights): output SNR on crops of scikit-image photos;
+* calibration peak memory (tracemalloc) at 100 and 1,000 samples.
+
+Run it alone on the machine::
+
+    flock /tmp/bushu-bench.lock .venv/bin/python bench/bench_quant.py --out docs/dev/quant-bench.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import bushu
+from bushu import datasets, zoo
+from bushu.engines import open_session
+from bushu.quant import QuantConfig, quantize
+from bushu.timing import machine, measure
+
+warnings.filterwarnings("ignore")
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    path: Path  # float model at opset >= 13 (ORT's per-channel QDQ needs it)
+    calib: list[dict]
+    score: Callable  # (model path, engine) -> {metric: value}; the first key is the primary metric
+    timing_feed: dict
+    budget: str | None = None
+    eval_fn: Callable | None = None
+    transformer: bool = False
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def _session(path, engine):
+    return open_session(str(path), engine)
+
+
+def snr_db(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
+    err = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(out, ref))
+    sig = sum(float(np.sum(b.astype(np.float64) ** 2)) for b in ref)
+    return math.inf if err == 0 else 10 * math.log10(sig / err)
+
+
+def digits_task(tmp: Path) -> Task:
+    import bushu.zoo_torch as zt
+
+    x_tr, _, x_te, y_te = datasets.digits()
+
+    def score(path, engine):
+        out = _session(path, engine).run({"input": x_te})["logits"]
+        return {"top1 %": 100 * float((out.argmax(1) == y_te).mean())}
+
+    return Task("digits-cnn", zt.onnx_path("digits-cnn"), [{"input": x_tr[i:i + 1]} for i in range(300)], score,
+                {"input": x_te[:1]}, budget="top1-drop<=0.5")
+
+
+def rec_task(tmp: Path, n_lines: int) -> Task:
+    keys = zoo.ppocr_keys()
+    test = datasets.text_lines(n_lines, seed=7)
+    path = tmp / "ppocr-rec-op13.onnx"
+    bushu.save(bushu.ir.convert_opset(bushu.load(zoo.path("ppocr-rec")), 13), path)
+
+    def score(p, engine):
+        s = _session(p, engine)
+        ok = [datasets.ppocr_decode(next(iter(s.run({"x": t.x}).values())), keys)[0] == t.text for t in test]
+        return {"word acc %": 100 * float(np.mean(ok))}
+
+    budget_lines = datasets.text_lines(100, seed=11)
+
+    def word_accuracy(run):  # the user's metric for the budget: on lines other than the test lines
+        return 100 * float(np.mean([datasets.ppocr_decode(next(iter(run({"x": t.x}).values())), keys)[0] == t.text
+                                    for t in budget_lines]))
+
+    calib = [{"x": t.x} for t in datasets.text_lines(100, seed=100)]
+    return Task("ppocr-rec", path, calib, score, {"x": test[0].x[..., :320]}, budget="eval-drop<=1",
+                eval_fn=word_accuracy)
+
+
+def minilm_task(tmp: Path) -> Task:
+    import bushu.zoo_torch as zt
+
+    tok = zt.minilm_tokenizer()
+    sents = [s for _, s in datasets.sentences()]
+
+    def feed(s):
+        enc = tok([s], return_tensors="np")
+        return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    feeds = [feed(s) for s in sents]
+    ref_cache: dict[str, np.ndarray] = {}
+
+    def embed(p, engine):
+        s = _session(p, engine)
+        return np.concatenate([s.run(f)["sentence_embedding"] for f in feeds])
+
+    def score(p, engine):
+        e = embed(p, engine)
+        if "ref" not in ref_cache:
+            ref_cache["ref"] = embed(zt.onnx_path("minilm"), "ort")
+        ref = ref_cache["ref"]
+        cos = (e * ref).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
+
+        def top5(x):
+            sim = x @ x.T
+            np.fill_diagonal(sim, -np.inf)
+            return np.argsort(-sim, axis=1)[:, :5]
+
+        a, b = top5(e), top5(ref)
+        nn = np.mean([len(set(a[i]) & set(b[i])) / 5 for i in range(len(a))])
+        return {"cosine": float(cos.mean()), "min cos": float(cos.min()), "top5 NN %": 100 * float(nn)}
+
+    # calibration: 100 sentences (they are also among the 234 scored: the corpus is small)
+    return Task("minilm", zt.onnx_path("minilm"), feeds[::2][:100], score, feeds[0], transformer=True)
+
+
+def _crops(size: int, n: int, seed: int, mean, std) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    photos = list(datasets.photos().values())
+    out = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = img.shape[:2]
+        s = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        from PIL import Image
+
+        crop = np.asarray(Image.fromarray(img[y:y + s, x:x + s]).resize((size, size), Image.BILINEAR), np.float32)
+        crop = (crop / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        out.append(np.ascontiguousarray(crop.transpose(2, 0, 1)[None]))
+    return out
+
+
+def snr_task(name: str, path: Path, input_name: str, size: int, mean, std) -> Task:
+    calib = [{input_name: x} for x in _crops(size, 64, 0, mean, std)]
+    test = [{input_name: x} for x in _crops(size, 12, 1, mean, std)]
+    ref_cache: dict = {}
+
+    def score(p, engine):
+        s = _session(p, engine)
+        outs = [next(iter(s.run(f).values())) for f in test]
+        if "ref" not in ref_cache:
+            r = _session(path, "ort")
+            ref_cache["ref"] = [next(iter(r.run(f).values())) for f in test]
+        return {"SNR dB": snr_db(ref_cache["ref"], outs)}
+
+    return Task(name, path, calib, score, test[0])
+
+
+def det_task(tmp: Path) -> Task:
+    path = tmp / "ppocr-det-op13.onnx"
+    bushu.save(bushu.ir.convert_opset(bushu.load(zoo.path("ppocr-det")), 13), path)
+    return snr_task("ppocr-det", path, "x", 480, (0.5,) * 3, (0.5,) * 3)
+
+
+def mnv3_task(tmp: Path) -> Task:
+    import bushu.zoo_torch as zt
+
+    return snr_task("mobilenetv3-small-like", zt.onnx_path("mobilenetv3-small-like"), "input", 224,
+                    (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+# ------------------------------------------------------------------------------------------------ quantizers
+class _Reader:
+    """ONNX Runtime's calibration reader protocol (get_next returns None at the end)."""
+
+    def __init__(self, feeds):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def ort_static(task: Task, out: Path, *, activations: str, reduce_range: bool, method: str) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(str(task.path), str(out), _Reader(task.calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=reduce_range,
+                    activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax if method == "minmax" else CalibrationMethod.Entropy)
+    return out
+
+
+def nncf_quantize(task: Task, out: Path) -> Path:
+    import nncf
+
+    model = onnx.load(str(task.path))
+    kw = {"model_type": nncf.ModelType.TRANSFORMER} if task.transformer else {}
+    q = nncf.quantize(model, nncf.Dataset(task.calib), subset_size=len(task.calib), **kw)
+    onnx.save(q, str(out))
+    return out
+
+
+def bushu_quantize(task: Task, out: Path, **kw) -> Path:
+    r = quantize(task.path, task.calib, QuantConfig(progress=False, measure_speed=False, **kw))
+    bushu.save(r.model, out)
+    return out
+
+
+def methods(task: Task) -> dict[str, Callable[[Path], Path]]:
+    m = {
+        "ort-s8s8-minmax": lambda o: ort_static(task, o, activations="s8", reduce_range=False, method="minmax"),
+        "ort-s8s8-entropy": lambda o: ort_static(task, o, activations="s8", reduce_range=False, method="entropy"),
+        "ort-u8s8rr-minmax": lambda o: ort_static(task, o, activations="u8", reduce_range=True, method="minmax"),
+        "ort-u8s8rr-entropy": lambda o: ort_static(task, o, activations="u8", reduce_range=True, method="entropy"),
+        "nncf": lambda o: nncf_quantize(task, o),
+        "bushu-ort": lambda o: bushu_quantize(task, o, engine="ort"),
+        "bushu-openvino": lambda o: bushu_quantize(task, o, engine="openvino"),
+    }
+    if task.budget:
+        m["bushu-budget"] = lambda o: bushu_quantize(task, o, engine="ort", budget=task.budget, eval_fn=task.eval_fn)
+    if task.transformer:
+        m["bushu-dynamic"] = lambda o: bushu_quantize(task, o, mode="dynamic")
+    return m
+
+
+# ------------------------------------------------------------------------------------------------ running
+def latency(path: Path, engine: str, feed: dict, budget_s: float) -> dict:
+    s = _session(path, engine)
+    lat = measure(lambda: s.run(feed), warmup_s=0.5, budget_s=budget_s)
+    return {"median_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms, "reps": lat.repetitions}
+
+
+def run_task(task: Task, tmp: Path, budget_s: float, only: set[str] | None) -> list[dict]:
+    rows = []
+    entries = {"fp32": lambda o: task.path, **methods(task)}
+    for name, make in entries.items():
+        if only and name != "fp32" and name not in only:
+            continue
+        t0 = time.perf_counter()
+        try:
+            path = make(tmp / f"{task.name}-{name}.onnx")
+        except Exception as e:  # an anchor that fails on a model is a result too
+            rows.append({"model": task.name, "config": name, "error": f"{type(e).__name__}: {str(e)[:160]}"})
+            print(f"  {name}: FAILED {e}", file=sys.stderr, flush=True)
+            continue
+        build_s = time.perf_counter() - t0
+        row = {"model": task.name, "config": name, "build_s": build_s}
+        for engine in ("ort", "openvino"):
+            try:
+                row[engine] = {"metrics": task.score(path, engine),
+                               "latency": latency(path, engine, task.timing_feed, budget_s)}
+            except Exception as e:
+                row[engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+        rows.append(row)
+        print(f"  {name}: {json.dumps({k: row[k] for k in ('ort', 'openvino')}, default=str)[:300]}", file=sys.stderr,
+              flush=True)
+    return rows
+
+
+def memory_flatness() -> dict:
+    """Peak traced memory of bushu's calibration at 100 and 1,000 samples (MobileNetV3-small-like, 224x224)."""
+    import bushu.zoo_torch as zt
+    from bushu.quant.calibrate import calibrate
+    from bushu.quant.prepare import prepare
+    from bushu.quant.static import observable
+
+    model, _ = prepare(bushu.load(zt.onnx_path("mobilenetv3-small-like")))
+    names = observable(model, QuantConfig())
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in (100, 1000):
+        feeds = ({"input": rng.standard_normal((1, 3, 224, 224), dtype=np.float32)} for _ in range(n))
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        cal = calibrate(model, names, feeds, show_progress=False)
+        out[n] = {"peak_mib": tracemalloc.get_traced_memory()[1] / 2**20, "seconds": time.perf_counter() - t0,
+                  "observer_state_kib": cal.state_bytes / 1024, "tensors": len(names)}
+        tracemalloc.stop()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4f}" if abs(v) < 2 else f"{v:.1f}"
+    return str(v)
+
+
+def markdown(results: dict, command: str) -> str:
+    lines = ["# Quantization benchmark (bushu quantize vs ONNX Runtime quantize_static vs NNCF)", "",
+             f"Command: `{command}`", "", f"Machine: {results['machine']}", "",
+             "Accuracy columns are measured on each engine with the same file; speed-up = FP32 median / INT8 median "
+             "on that engine, both measured in this run (medians, p90 in the JSON). `error` = the engine or the tool "
+             "failed on that model.", ""]
+    for model in results["models"]:
+        rows = [r for r in results["rows"] if r["model"] == model]
+        fp = next((r for r in rows if r["config"] == "fp32"), None)
+        metric_names = list(fp["ort"]["metrics"]) if fp and "metrics" in fp.get("ort", {}) else []
+        lines += [f"## {model}", ""]
+        hdr = ["config"] + [f"{m} (ORT)" for m in metric_names] + [f"{metric_names[0]} (OV)" if metric_names else "OV",
+                                                                   "ORT ms", "ORT ×", "OV ms", "OV ×", "build s"]
+        lines += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['config']} | {r['error']} |" + " |" * (len(hdr) - 2))
+                continue
+            cells = [r["config"]]
+            for m in metric_names:
+                cells.append(_fmt(r["ort"]["metrics"][m]) if "metrics" in r["ort"] else "error")
+            ov = r["openvino"]
+            cells.append(_fmt(ov["metrics"][metric_names[0]]) if "metrics" in ov else "error")
+            for eng in ("ort", "openvino"):
+                if "latency" in r[eng] and fp and "latency" in fp[eng]:
+                    ms = r[eng]["latency"]["median_ms"]
+                    cells += [f"{ms:.3f}", f"{fp[eng]['latency']['median_ms'] / ms:.2f}"]
+                else:
+                    cells += ["–", "–"]
+            cells.append(f"{r['build_s']:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    mem = results.get("memory")
+    if mem:
+        lines += ["## Calibration memory (bushu, MobileNetV3-small-like 224×224, tracemalloc peak)", "",
+                  "| samples | peak MiB | observer state KiB | tensors | seconds |", "|---|---|---|---|---|"]
+        for n, m in mem.items():
+            lines.append(f"| {n} | {m['peak_mib']:.1f} | {m['observer_state_kib']:.0f} | {m['tensors']} | "
+                         f"{m['seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="digits-cnn,ppocr-rec,minilm,ppocr-det,mobilenetv3-small-like")
+    ap.add_argument("--configs", default="", help="comma-separated subset of configs (default: all)")
+    ap.add_argument("--lines", type=int, default=300, help="rendered lines for PP-OCRv4 rec (default: 300)")
+    ap.add_argument("--budget-s", type=float, default=2.0, help="timing budget per model and engine")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--out", default="docs/dev/quant-bench.md")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    only = set(filter(None, args.configs.split(","))) or None
+    results = {"machine": str(machine()), "models": [], "rows": []}
+    with tempfile.TemporaryDirectory(prefix="bushu-bench-quant-") as t:
+        tmp = Path(t)
+        makers = {"digits-cnn": lambda: digits_task(tmp), "ppocr-rec": lambda: rec_task(tmp, args.lines),
+                  "minilm": lambda: minilm_task(tmp), "ppocr-det": lambda: det_task(tmp),
+                  "mobilenetv3-small-like": lambda: mnv3_task(tmp)}
+        for name in args.models.split(","):
+            print(f"{name}:", file=sys.stderr, flush=True)
+            task = makers[name]()
+            results["models"].append(name)
+            results["rows"] += run_task(task, tmp, args.budget_s, only)
+    if not args.no_memory:
+        results["memory"] = memory_flatness()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "flock /tmp/bushu-bench.lock .venv/bin/python bench/bench_quant.py " + " ".join(argv or sys.argv[1:])
+    out.write_text(markdown(results, command.strip()))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
