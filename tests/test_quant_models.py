@@ -165,3 +165,13 @@ def test_other_modes_run_and_verify(minilm_onnx, minilm_data, minilm_ref, mode, 
     if mode == "int4":
         blocked = [n for n in r.model.graph if n.op_type == "DequantizeLinear"]
         assert all(n.attributes["block_size"].value == 32 for n in blocked)
+
+
+def test_bias_correction_reduces_the_output_error(digits_onnx, digits):
+    x_tr, _, x_te, _ = digits
+    common = dict(progress=False, measure_speed=False)
+    plain = quantize(digits_onnx, digits_calib(x_tr, n=4), QuantConfig(**common), heldout=[{"input": x_te}])
+    corrected = quantize(digits_onnx, digits_calib(x_tr, n=4), QuantConfig(bias_correction=True, **common),
+                         heldout=[{"input": x_te}])
+    assert any(n.startswith("bias correction:") for n in corrected.notes)
+    assert corrected.accuracy.snr_db > plain.accuracy.snr_db

@@ -40,7 +40,10 @@ def add_arguments(p):
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                     help="weights per output channel (default)")
     pc.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one scale per weight tensor")
-    g.add_argument("--reduce-range", action="store_true", help="7-bit weights (CPUs without VNNI may saturate)")
+    rr = g.add_mutually_exclusive_group()
+    rr.add_argument("--reduce-range", dest="reduce_range", action="store_true", default=None,
+                    help="7-bit weights (default: on for ONNX Runtime on CPUs without VNNI, where u8×s8 saturates)")
+    rr.add_argument("--full-range", dest="reduce_range", action="store_false", help="8-bit weights everywhere")
     g.add_argument("--include", action="append", default=[], metavar="NAMES|OPTYPES",
                    help="quantize only these nodes or op types (comma-separated, repeatable)")
     g.add_argument("--exclude", action="append", default=[], metavar="NAMES|OPTYPES",

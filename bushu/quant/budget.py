@@ -130,12 +130,14 @@ class Step:
     float_layers: tuple[str, ...]
     value: float
     met: bool
+    method: str = ""
 
 
-def search(evaluate: Callable[[frozenset[str]], float], ranked: Sequence[str], budget: Budget) -> list[Step]:
+def search(evaluate: Callable[[frozenset[str]], float], ranked: Sequence[str], budget: Budget,
+           method: str = "") -> list[Step]:
     """Leave the ``k`` most sensitive layers of ``ranked`` in float, for ``k`` = 0, 1, 2, 4, … until the budget is
     met, then bisect down to the smallest such ``k``. Returns every step tried (the last passing one is the
-    answer; none passes when even all layers in float don't)."""
+    answer; none passes when even all layers in float don't), passing steps first, fewest float layers first."""
     steps: list[Step] = []
     tried: dict[int, Step] = {}
 
@@ -143,7 +145,7 @@ def search(evaluate: Callable[[frozenset[str]], float], ranked: Sequence[str], b
         if k not in tried:
             layers = tuple(ranked[:k])
             v = evaluate(frozenset(layers))
-            tried[k] = Step(layers, v, budget.met(v))
+            tried[k] = Step(layers, v, budget.met(v), method)
             steps.append(tried[k])
         return tried[k]
 

@@ -38,6 +38,8 @@ def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig,
     s = Session.start(model, feeds, config, heldout=heldout, total=total,
                       transform=smoothquant.transform(config) if config.smoothquant is not None else None)
     notes = list(s.notes)
+    if config.reduce_range is None and config.uses_reduce_range:
+        notes.append("7-bit weights (reduce_range): this CPU has no VNNI, ONNX Runtime's u8×s8 kernels would saturate")
     method, methods = _pick_method(s, notes)
     steps: tuple = ()
     met = True
@@ -71,7 +73,7 @@ def _meet_budget(s: Session, budget: bud.Budget, methods: list[str], notes: list
         def evaluate(keep: frozenset[str], m=method) -> float:
             return s.score(s.build(keep, m)[0]).value(budget.metric)
 
-        steps = bud.search(evaluate, ranked, budget)
+        steps = bud.search(evaluate, ranked, budget, method)
         all_steps += steps
         if steps and steps[0].met:
             passing.append((method, frozenset(steps[0].float_layers)))

@@ -58,7 +58,7 @@ class QuantizeResult(Result):
         if self.budget:
             out.append(f"budget       {self.budget}: {'met' if self.budget_met else 'NOT met'}")
             for st in self.budget_steps:
-                out.append(f"  tried {len(st.float_layers):3d} layers in float → {st.value:.4g} "
+                out.append(f"  {st.method:10s} {len(st.float_layers):3d} layers in float → {st.value:.4g} "
                            f"{'ok' if st.met else 'no'}")
         if self.float_layers:
             rows = [[k, v] for k, v in list(self.float_layers.items())[:20]]

@@ -97,14 +97,15 @@ class QuantConfig:
     ``heldout`` feeds (the first ones of the calibration stream unless given separately) measure the error of
     ``method="auto"``, of the diagnosis and of the budget. ``budget`` is a string such as ``"cosine>=0.99"``
     (see :mod:`bushu.quant.budget`); ``eval_fn(run) -> float`` is the user's own metric, higher is better.
-    ``smoothquant`` is an α in [0, 1] or ``"auto"`` (searched); ``None`` leaves it off.
+    ``smoothquant`` is an α in [0, 1] or ``"auto"`` (searched); ``None`` leaves it off. ``reduce_range`` (7-bit
+    weights) is ``None`` by default: on for ONNX Runtime on CPUs without VNNI.
     """
 
     engine: str = "ort"
     mode: str = "static"
     method: str = "minmax"
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     keep_float: frozenset[str] = frozenset()
@@ -136,9 +137,20 @@ class QuantConfig:
             raise BushuError(f"SmoothQuant α {self.smoothquant!r} must be in [0, 1] or 'auto'")
 
     @property
+    def uses_reduce_range(self) -> bool:
+        """``reduce_range=None`` decides by the CPU: ONNX Runtime's u8×s8 kernels without VNNI add pairs of
+        products in 16 bits (vpmaddubsw), which saturates with full 8-bit weights."""
+        if self.reduce_range is not None:
+            return self.reduce_range
+        from ..timing import cpu_flags
+
+        flags = cpu_flags()
+        return preset(self.engine).name == "ort" and bool(flags) and not ({"avx512_vnni", "avx_vnni"} & flags)
+
+    @property
     def preset(self) -> EnginePreset:
         p = preset(self.engine)
-        if self.reduce_range:
+        if self.uses_reduce_range:
             p = dataclasses.replace(p, weights=INT8_SYM7)
         return p
 

@@ -2,7 +2,8 @@
 held-out feeds (quantized layer output minus float layer output, averaged over batch and positions) and subtract
 it from the layer's int32 bias.
 
-All layers are corrected from one pass, against the float model's outputs of the same layers.
+Layers are corrected one after the other in graph order, each against the float model's output of the same layer
+(one engine session per layer: an opt-in for small and medium models).
 """
 
 from __future__ import annotations
@@ -19,24 +20,27 @@ def _bias_dq(node: ir.Node) -> ir.Node | None:
     return p if p is not None and p.op_type == "DequantizeLinear" else None
 
 
-def apply(session, q: ir.Model) -> str:
-    """Correct the int32 biases of ``q`` (built by ``session``) in place; returns a note for the result."""
-    nodes = [n for n in q.graph if n.op_type in ("Conv", "Gemm") and _bias_dq(n) is not None]
-    names = [n.outputs[0].name for n in nodes]
-    if not names:
-        return "bias correction: no quantized layer with a bias"
-    ref, cand = exposed(session.model, names), exposed(q, names)
-    sums = {n: 0.0 for n in names}
+def _shift(session, q: ir.Model, name: str) -> np.ndarray:
+    """Mean of (quantized − float) per output channel of tensor ``name`` over the held-out feeds."""
+    ref, cand = exposed(session.model, [name]), exposed(q, [name])
+    total = 0.0
     for feed in session.heldout:
-        a, b = cand.run(feed, names), ref.run(feed, names)
-        for n in names:
-            d = (a[n].astype(np.float64) - b[n]).swapaxes(0, 1).reshape(a[n].shape[1], -1)
-            sums[n] = sums[n] + d.mean(axis=1)
+        a, b = cand.run(feed, [name])[name], ref.run(feed, [name])[name]
+        total = total + (a.astype(np.float64) - b).swapaxes(0, 1).reshape(a.shape[1], -1).mean(axis=1)
+    return total / len(session.heldout)
+
+
+def apply(session, q: ir.Model) -> str:
+    """Correct the int32 biases of ``q`` (built by ``session``) in place, layer by layer in graph order — each
+    shift is measured after the layers before it were corrected, so corrections don't compound. Returns a note."""
+    nodes = [n for n in q.graph if n.op_type in ("Conv", "Gemm") and _bias_dq(n) is not None]
+    if not nodes:
+        return "bias correction: no quantized layer with a bias"
     changed = 0
-    for node, n in zip(nodes, names):
+    for node in nodes:
         dq = _bias_dq(node)
         bq_val, scale_val = dq.inputs[0], dq.inputs[1]
-        shift = sums[n] / len(session.heldout)
+        shift = _shift(session, q, node.outputs[0].name)
         step = np.rint(shift / scale_val.const_value.numpy().astype(np.float64)).astype(np.int64)
         if not step.any():
             continue
