@@ -175,3 +175,15 @@ def test_bias_correction_reduces_the_output_error(digits_onnx, digits):
                          heldout=[{"input": x_te}])
     assert any(n.startswith("bias correction:") for n in corrected.notes)
     assert corrected.accuracy.snr_db > plain.accuracy.snr_db
+
+
+def test_auto_ranges_score_every_method_and_a_per_tensor_mix(digits_onnx, digits):
+    x_tr, _, x_te, _ = digits
+    r = quantize(digits_onnx, digits_calib(x_tr, n=4), QuantConfig(method="auto", progress=False, measure_speed=False),
+                 heldout=[{"input": x_te[:128]}])
+    note = next(n for n in r.notes if n.startswith("auto ranges"))
+    for m in ("minmax", "percentile", "entropy", "mse", "per-tensor"):
+        assert m in note
+    scores = [float(part.split()[1]) for part in note.split(": ", 1)[1].split(" (")[0].split(", ")]
+    assert scores == sorted(scores, reverse=True) and r.method == note.rsplit("→ ", 1)[1]
+    assert r.accuracy.snr_db == pytest.approx(scores[0], abs=0.05)

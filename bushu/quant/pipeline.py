@@ -11,23 +11,14 @@ from .. import engines
 from ..errors import BushuError
 from ..inputs import Feed
 from ..timing import measure
+from . import auto
 from . import budget as bud
 from .algorithms import bias_correction, smoothquant
 from .diagnose import diagnose, sensitivity
 from .result import QuantizeResult
 from .spec import QuantConfig
 from .speed import measure_speed
-from .static import RANGE_METHODS, Session
-
-
-def _pick_method(s: Session, notes: list[str]) -> tuple[str, list[str]]:
-    """``auto``: the range method whose fully quantized model has the best held-out output SNR (all four are read
-    off the same histograms, so this costs one conversion and one held-out run each)."""
-    if s.config.method != "auto":
-        return s.config.method, [s.config.method]
-    scored = sorted(((s.score(s.build(method=m)[0]).snr_db, m) for m in RANGE_METHODS), reverse=True)
-    notes.append("auto ranges: " + ", ".join(f"{m} {snr:.1f} dB" for snr, m in scored) + f" → {scored[0][1]}")
-    return scored[0][1], [m for _, m in scored]
+from .static import Session
 
 
 def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig, *, total: int | None = None,
@@ -40,13 +31,13 @@ def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig,
     notes = list(s.notes)
     if config.reduce_range is None and config.uses_reduce_range:
         notes.append("7-bit weights (reduce_range): this CPU has no VNNI, ONNX Runtime's u8×s8 kernels would saturate")
-    method, methods = _pick_method(s, notes)
+    method, methods = auto.pick(s, notes) if config.method == "auto" else (config.method, [config.method])
     steps: tuple = ()
     met = True
     if budget is None:
         q, p = s.build(method=method)
     else:
-        q, p, steps, met = _meet_budget(s, budget, methods[:2], notes)
+        q, p, steps, met, method = _meet_budget(s, budget, methods[:2], notes)
     if config.bias_correction:
         notes.append(bias_correction.apply(s, q))
     acc = s.score(q)
@@ -80,7 +71,7 @@ def _meet_budget(s: Session, budget: bud.Budget, methods: list[str], notes: list
     if not passing:
         notes.append(f"budget {budget} not met even with every weighted layer in float: check the held-out data")
         q, p = s.build(method=methods[0])
-        return q, p, all_steps, False
+        return q, p, all_steps, False, methods[0]
     best = None
     for method, keep in passing:
         q, p = s.build(keep, method)
@@ -92,7 +83,7 @@ def _meet_budget(s: Session, budget: bud.Budget, methods: list[str], notes: list
     if len(passing) > 1:
         notes.append(f"budget met by {len(passing)} configurations; kept the fastest ({best[3]}, "
                      f"{len(best[2].reasons)} layers in float, {best[0]:.3f} ms)")
-    return best[1], best[2], all_steps, True
+    return best[1], best[2], all_steps, True, best[3]
 
 
 def _median_ms(model: ir.Model, engine: str, feed: Feed) -> float:

@@ -60,6 +60,7 @@ class Session:
     reference: list[dict[str, np.ndarray]]
     eval_fn: Callable | None = None
     eval_float: float | None = None
+    per_tensor: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def start(cls, model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], config: QuantConfig, *,
@@ -91,6 +92,9 @@ class Session:
                     keep_float=frozenset(c.keep_float) | keep_float)
 
     def ranges(self, method: str, p: Plan) -> dict[str, tuple[float, float]]:
+        """Ranges of ``p``'s tensors by ``method``; ``"per-tensor"`` reads the mix :mod:`.auto` chose."""
+        if method == "per-tensor":
+            return {n: self.per_tensor[n] for n in p.observed}
         qt = self.config.preset.activations
         obs = self.calibration.observers
         return {n: obs[n].range(method, qt, self.config.percentile) for n in p.observed}
