@@ -56,6 +56,7 @@ def add_arguments(p):
     a.add_argument("--smoothquant", default="auto", metavar="auto|off|ALPHA",
                    help="SmoothQuant for LayerNorm → MatMul (default: auto, alpha searched)")
     a.add_argument("--bias-correction", action="store_true", help="fold the mean output error into the biases")
+    a.add_argument("--cle", action="store_true", help="cross-layer equalization of Conv → [ReLU] → Conv chains")
     a.add_argument("--diagnose", action="store_true", help="rank layers by sensitivity, find the first divergence")
     a.add_argument("--no-speed", action="store_true", help="don't measure FP32 vs quantized latency")
     d = p.add_argument_group("calibration data")
@@ -104,7 +105,7 @@ def run(args):
         engine=args.engine, mode=args.mode, method=args.method, per_channel=args.per_channel,
         reduce_range=args.reduce_range, include=_csv(args.include), exclude=_csv(args.exclude),
         percentile=args.percentile, max_samples=args.samples, smoothquant=sq,
-        bias_correction=args.bias_correction, budget=args.budget,
+        bias_correction=args.bias_correction, cle=args.cle, budget=args.budget,
         eval_fn=load_eval(args.eval) if args.eval else None, measure_speed=not args.no_speed,
         diagnose=args.diagnose, block_size=args.block_size, progress=not args.quiet)
     return quantize(args.model, args.calib, config, heldout=args.heldout, preprocess=_preprocess(args),

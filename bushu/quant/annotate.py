@@ -101,7 +101,7 @@ def _float_region(graph: ir.Graph) -> set[str]:
     return region
 
 
-def _weight_axis(node: ir.Node) -> int | None:
+def weight_axis(node: ir.Node) -> int | None:
     w = node.inputs[1]
     rank = len(w.shape) if w.shape is not None else (len(w.const_value.shape) if w.const_value is not None else None)
     if node.op_type == "Conv":
@@ -193,7 +193,7 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
             if node.name in region:
                 reasons[node.name] = "mask/Softmax arithmetic"
                 continue
-            axis = _weight_axis(node) if _is_const(node.inputs[1]) else None
+            axis = weight_axis(node) if _is_const(node.inputs[1]) else None
             if op != "MatMul" and axis is None:
                 reasons[node.name] = "weights are not constant" if not _is_const(node.inputs[1]) else "grouped"
                 continue

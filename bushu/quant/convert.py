@@ -28,7 +28,9 @@ def clone(model: ir.Model) -> ir.Model:
     return out
 
 
-class _Builder:
+class Builder:
+    """Adds uniquely named initializers and DequantizeLinear nodes to a graph."""
+
     def __init__(self, graph: ir.Graph):
         self.graph = graph
         self.nodes = {n.name: n for n in graph}
@@ -66,8 +68,10 @@ def convert(model: ir.Model, plan: Plan, ranges: dict[str, tuple[float, float]],
             per_channel: bool = True) -> ir.Model:
     """Rewrite ``model`` in place into QDQ form and return it. ``ranges`` maps every tensor in
     ``plan.observed`` to its calibrated ``(lo, hi)``."""
+    if model.opset_imports.get("", 1) < 13:
+        raise ValueError("per-channel Q/DQ needs opset 13: run bushu.quant.prepare.prepare() first")
     graph = model.graph
-    b = _Builder(graph)
+    b = Builder(graph)
     act_qt, w_qt = preset.activations, preset.weights
     act_scale: dict[str, np.ndarray] = {}
 
@@ -119,7 +123,5 @@ def convert(model: ir.Model, plan: Plan, ranges: dict[str, tuple[float, float]],
             node.replace_input_with(2, dq_b)
     for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_input()]:
         graph.initializers.pop(name)
-    if model.opset_imports.get("", 1) < 13:
-        raise ValueError("per-channel Q/DQ needs opset 13: prepare the model first")
     TopologicalSortPass()(model)
     return model

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import TopologicalSortPass
 
-from .convert import _Builder
+from .convert import Builder
 from .qmath import channel_ranges, qparams, quantize
 from .spec import INT8_SYM
 from .weight_only import weight_plan
@@ -21,7 +21,7 @@ from .weight_only import weight_plan
 
 def dynamic(model: ir.Model, **kw):
     p = weight_plan(model, ops=("MatMul",), **kw)
-    b = _Builder(model.graph)
+    b = Builder(model.graph)
     nodes = {n.name: n for n in model.graph}
     for ws in p.weights:
         node = nodes[ws.node]

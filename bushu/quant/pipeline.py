@@ -13,7 +13,7 @@ from ..inputs import Feed
 from ..timing import measure
 from . import auto
 from . import budget as bud
-from .algorithms import bias_correction, smoothquant
+from .algorithms import bias_correction, cle, smoothquant
 from .diagnose import diagnose, sensitivity
 from .result import QuantizeResult
 from .spec import QuantConfig
@@ -26,8 +26,10 @@ def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig,
     budget = bud.parse(config.budget) if config.budget else None
     if config.eval_fn is not None and (budget is None or budget.metric != "eval-drop"):
         raise BushuError("--eval needs a budget on its value: add --budget eval-drop<=X (X in the metric's units)")
-    s = Session.start(model, feeds, config, heldout=heldout, total=total,
-                      transform=smoothquant.transform(config) if config.smoothquant is not None else None)
+    # NOTE: CLE before SmoothQuant: equalization changes conv weights, SmoothQuant measures activations after it
+    transforms = [t for t, on in ((cle.CrossLayerEqualization(), config.cle),
+                                  (smoothquant.transform(config), config.smoothquant is not None)) if on]
+    s = Session.start(model, feeds, config, heldout=heldout, total=total, transforms=transforms)
     notes = list(s.notes)
     if config.reduce_range is None and config.uses_reduce_range:
         notes.append("7-bit weights (reduce_range): this CPU has no VNNI, ONNX Runtime's u8×s8 kernels would saturate")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -65,13 +65,14 @@ class Session:
     @classmethod
     def start(cls, model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], config: QuantConfig, *,
               heldout: list[Feed] | None = None, total: int | None = None,
-              transform: Callable[[ir.Model, Iterable[Feed]], list[str]] | None = None) -> Session:
+              transforms: Sequence[Callable[[ir.Model, list[Feed]], list[str]]] = ()) -> Session:
         prepared, notes = prepare(model)
-        if transform is not None:  # float-model algorithms (SmoothQuant, CLE) that change weights before calibration
+        if transforms:  # float-model algorithms (CLE, SmoothQuant) that change weights before calibration
             feeds = iter(feeds)
             sample = list(itertools.islice(feeds, config.heldout))
             feeds = itertools.chain(sample, feeds)
-            notes += transform(prepared, heldout or sample)
+            for t in transforms:
+                notes += t(prepared, heldout or sample)
         cal = calibrate(prepared, observable(prepared, config), feeds, heldout=0 if heldout else config.heldout,
                         max_samples=config.max_samples, show_progress=config.progress, total=total)
         held = heldout if heldout else cal.heldout

@@ -16,8 +16,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import TopologicalSortPass
 
-from .annotate import Plan, WeightSpec, _weight_axis
-from .convert import _Builder, convert
+from .annotate import Plan, WeightSpec, weight_axis
+from .convert import Builder, convert
 from .spec import EnginePreset
 
 INT4_MIN, INT4_MAX = -7, 7  # symmetric: -8 unused so that 0 sits in the middle
@@ -35,7 +35,7 @@ def weight_plan(model: ir.Model, *, ops=("MatMul", "Gemm"), include=(), exclude=
                 include and node.name not in include and node.op_type not in include):
             reasons[node.name] = "excluded" if exclude else "not included"
             continue
-        weights.append(WeightSpec(node.name, w.name, _weight_axis(node), None, ""))
+        weights.append(WeightSpec(node.name, w.name, weight_axis(node), None, ""))
     return Plan(tuple(weights), {}, (), tuple(w.node for w in weights), reasons)
 
 
@@ -47,7 +47,7 @@ def int8(model: ir.Model, preset: EnginePreset, **kw) -> tuple[ir.Model, Plan]:
 def int4(model: ir.Model, block_size: int = 32, **kw) -> tuple[ir.Model, Plan]:
     """Block-wise INT4 MatMul weights in place (the model must be at opset ≥ 21)."""
     p = weight_plan(model, ops=("MatMul",), **kw)
-    b = _Builder(model.graph)
+    b = Builder(model.graph)
     nodes = {n.name: n for n in model.graph}
     done = []
     for ws in p.weights:

@@ -2,4 +2,5 @@
 
 * :mod:`.bias_correction` — fold the mean output error of each quantized layer back into its bias.
 * :mod:`.smoothquant` — move activation outliers into the weights of MatMul/Gemm after a LayerNormalization.
+* :mod:`.cle` — cross-layer equalization of Conv → [ReLU] → Conv chains (depthwise-separable CNNs).
 """
