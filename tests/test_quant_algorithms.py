@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from test_quant_annotate import (
+    build,  # the tests folder is on sys.path (rootdir conftest)
+)
 
 from bushu.engines import open_session
 from bushu.quant.algorithms import cle, smoothquant
 from bushu.quant.convert import clone
-
-from test_quant_annotate import build  # the tests folder is on sys.path (rootdir conftest)
 
 SEPARABLE = """
 <ir_version: 8, opset_import: ["" : 13]>
