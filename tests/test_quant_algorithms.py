@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from test_quant_annotate import (
-    build,  # the tests folder is on sys.path (rootdir conftest)
-)
+from test_quant_annotate import build  # tests/ is on sys.path: pytest's rootdir conftest, no package
 
 from bushu.engines import open_session
 from bushu.quant.algorithms import cle, smoothquant
