@@ -304,6 +304,15 @@ def test_overload_answers_503_and_timeouts_expire(server):
     codes = sorted(s for s, _ in results)
     assert 503 in codes and 200 in codes, codes
     assert all("error" in orjson.loads(b) for s, b in results if s == 503)
+    # a request whose timeout (µs, Triton's parameter) passes while it waits behind a slow one answers 503
+    hurried = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 3, 48, 320], "datatype": "FP32",
+                                        "data": [0.0] * (3 * 48 * 320)}], "parameters": {"timeout": 1000}})
+    with cf.ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(one, 0)
+        time.sleep(0.02)
+        status, raw = _post(server, "/v2/models/rec/infer", hurried)
+        assert slow.result()[0] == 200
+    assert status == 503 and "timed out" in orjson.loads(raw)["error"]
 
 
 BAD_HTTP = [

@@ -113,6 +113,8 @@ class Batcher:
             self.stats.request(False, now - it.t_enq, now - it.t_enq)
             it.fut.done() or it.fut.set_exception(Unavailable("the request timed out in the queue"))
         if not self._pending:
+            if not self._running:
+                self._idle.set()
             return []
         head = self._pending.popleft()
         batch, size = [head], head.size

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..errors import BushuError
 from .batcher import Unavailable
 from .config import datatype
 from .model import ModelVersion, Timing
@@ -55,7 +56,7 @@ class Sequencer:
         dims = [d if d > 0 else 1 for d in s.dims]
         for init in s.initial_state:
             if init.data_file:
-                raise ProtocolError("initial_state.data_file is not supported: use zero_data")
+                raise BushuError(f"state '{s.input_name}': initial_state.data_file is not supported: use zero_data")
         return np.zeros(dims, dtype=dtype)
 
     @property

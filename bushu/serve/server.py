@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-import logging
 import socket
 import sys
 from collections.abc import Callable
@@ -22,8 +21,6 @@ from .app import HttpApp, HttpOptions
 from .config import ModelDefaults
 from .manager import ModelManager
 from .repository import Repository
-
-log = logging.getLogger("bushu.serve")
 
 
 @dataclasses.dataclass(frozen=True)
