@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -105,8 +106,8 @@ def fraction_of_peak(models, engines, pk) -> str:
                 g = flops / (r.median_ms * 1e6)
                 cells.append(f"{r.median_ms:.2f} ms · {g:.1f} GFLOP/s · {100 * g / pk.gflops:.1f} %")
             else:
-                cells.append(f"{r.status}: {(r.note or '')[:60]}")
-        rows.append([name, f"{flops / 1e9:.3f}", *cells, best])
+                cells.append(f"{r.status}: {(r.note or '')[:120]}")
+        rows.append([Path(name).stem if os.sep in name else name, f"{flops / 1e9:.3f}", *cells, best])
     return md_table(rows, ["model", "GFLOPs", *engines, "fastest"])
 
 

@@ -73,9 +73,10 @@ def test_static_batch_dim_is_skipped_with_a_note(ppocr_cls, tmp_path):
 
 
 def test_batch_shapes_sets_only_dynamic_batch_dims():
-    specs = [TensorSpec("x", "float32", ("N", 3, 48, "W")), TensorSpec("y", "float32", (1, 4))]
-    assert "static" in batch_shapes(specs, {"x": (1, 3, 48, 320)}, 8)
-    assert batch_shapes(specs[:1], {"x": (1, 3, 48, 320)}, 8) == {"x": (8, 3, 48, 320)}
+    specs = [TensorSpec("x", "float32", ("N", 3, 48, "W")), TensorSpec("state", "float32", (2, 1, 4))]
+    assert batch_shapes(specs, {"x": (1, 3, 48, 320)}, 8) == {"x": (8, 3, 48, 320)}  # the state keeps its shape
+    assert "static" in batch_shapes(specs[1:], {}, 8)
+    assert batch_shapes(specs[1:], {}, 1) == {}
 
 
 def test_a_failing_engine_does_not_stop_the_others(ppocr_cls):

@@ -51,14 +51,19 @@ class Job:
 
 
 def batch_shapes(specs, shapes: dict, batch: int) -> dict | str:
-    """``shapes`` with every input's batch dim set to ``batch``; a note (str) when an input's batch dim is static."""
+    """``shapes`` with the batch dim of every input whose first dim is dynamic set to ``batch``; inputs with a
+    static first dim (a recurrent state, a static-batch model) keep their shape. A note (str) instead when
+    ``batch`` > 1 and no input has a dynamic first dim: the model's batch is static."""
     out = dict(shapes)
+    dynamic = False
     for spec in specs:
         full = resolve_shape(spec, shapes)
-        static = spec.shape is not None and len(spec.shape) > 0 and isinstance(spec.shape[0], int) and spec.shape[0] >= 0
-        if static and spec.shape[0] != batch:
-            return f"batch dim of '{spec.name}' is static ({spec.shape[0]}): batch {batch} not run"
-        out[spec.name] = (batch, *full[1:]) if full else full
+        first = spec.shape[0] if spec.shape else None
+        if spec.shape and not (isinstance(first, int) and first >= 0):
+            out[spec.name] = (batch, *full[1:])
+            dynamic = True
+    if batch > 1 and not dynamic:
+        return f"the batch dim is static in every input ({', '.join(str(s) for s in specs)}): batch {batch} not run"
     return out
 
 
