@@ -35,22 +35,26 @@ class ConvertResult(Result):
     outputs: tuple[OutputDiff, ...]
     error: str | None = None
     unsupported: tuple[str, ...] = ()
+    verified: bool = True  # False when verification was skipped (verify_outputs=False)
 
     def __bool__(self) -> bool:
-        return self.error is None and bool(self.outputs) and all(self.outputs)
+        return self.error is None and (not self.verified or (bool(self.outputs) and all(self.outputs)))
 
     @property
     def verdict(self) -> str:
         if self.error:
             return "FAILED"
+        if not self.verified:
+            return "converted, NOT verified"
         return "verified" if self else "MISMATCH"
 
     def __str__(self) -> str:
         if self.error:
             return f"{self.model} → {self.target}: FAILED: {self.error}"
-        worst = max((o.max_abs for o in self.outputs), default=0.0)
-        return (f"{self.model} → {self.target} ({self.converter}) in {self.seconds:.1f} s: {self.verdict} against "
-                f"ONNX Runtime (max_abs {worst:.3g}); written to {self.out_dir}")
+        head = f"{self.model} → {self.target} ({self.converter}) in {self.seconds:.1f} s: {self.verdict}"
+        if self.verified:
+            head += f" against ONNX Runtime (max_abs {max((o.max_abs for o in self.outputs), default=0.0):.3g})"
+        return f"{head}; written to {self.out_dir}"
 
     def render(self) -> str:
         lines = [str(self)]
@@ -150,4 +154,5 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
         published = _publish(files, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ConvertResult(ref.label, to, mod.version(), str(out_dir), tuple(published), seconds, outputs)
+    return ConvertResult(ref.label, to, mod.version(), str(out_dir), tuple(published), seconds, outputs,
+                         verified=verify_outputs)
