@@ -129,3 +129,12 @@ def test_sigterm_drains_in_flight_requests(repo):
         assert srv.proc.returncode is not None
     finally:
         srv.stop()
+
+
+def test_a_bad_config_stops_start_up_with_exit_2(tmp_path, ppocr_cls):
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.onnx").symlink_to(ppocr_cls)
+    (tmp_path / "m" / "config.pbtxt").write_text('input [ { name: "nope" data_type: TYPE_FP32 dims: [ 3 ] } ]\n')
+    r = subprocess.run([sys.executable, "-m", "bushu", "serve", str(tmp_path), "--http-port", "0", "--grpc-port",
+                        "-1", "--metrics-port", "-1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "lists input 'nope'" in r.stderr.splitlines()[-1]

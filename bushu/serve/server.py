@@ -139,7 +139,12 @@ class Server:
                       on_startup=[startup], on_shutdown=[shutdown])
         config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=o.drain_s, server_header=False, date_header=False)
-        uvicorn.Server(config).run(sockets=socks)
+        try:
+            uvicorn.Server(config).run(sockets=socks)
+        except SystemExit:  # uvicorn exits on a failed startup; say why, as a BushuError, exit code 2
+            if self._startup_error is not None:
+                raise self._startup_error from None
+            raise
         if self._startup_error is not None:
             raise self._startup_error
 
