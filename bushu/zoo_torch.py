@@ -69,9 +69,17 @@ def _digits_module():
 
 @functools.lru_cache(maxsize=2)
 def digits_cnn(seed: int = 0):
-    """``(module, (x_train, y_train, x_test, y_test))``: the CNN trained for 30 epochs, in eval mode."""
+    """``(module, (x_train, y_train, x_test, y_test))``: the CNN trained for 30 epochs, in eval mode.
+
+    The trained weights are cached beside the ONNX exports (keyed like them) and loaded with ``weights_only=True``.
+    """
     torch = _torch()
     x_tr, y_tr, x_te, y_te = digits_data(seed)
+    cached = default_cache_dir() / f"digits-cnn-seed{seed}.pt"
+    if cached.exists():
+        model = _digits_module()
+        model.load_state_dict(torch.load(cached, weights_only=True))
+        return model.eval(), (x_tr, y_tr, x_te, y_te)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = _digits_module()
@@ -87,6 +95,10 @@ def digits_cnn(seed: int = 0):
             loss.backward()
             opt.step()
     model.eval()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, cached)
     return model, (x_tr, y_tr, x_te, y_te)
 
 
