@@ -3,7 +3,8 @@
 In one run, on the same ONNX files and the same calibration feeds:
 
 * ``ort-s8s8-minmax`` / ``ort-s8s8-entropy``: ``quantize_static`` at its defaults (QDQ, int8 activations and
-  weights) with per-channel weights, MinMax or Entropy calibration;
+  weights) with per-channel weights, MinMax or Entropy calibration (Entropy on feeds padded to one shape, which it
+  needs, and on 12 feeds for the PP-OCR models: it keeps every activation in memory);
 * ``ort-u8s8rr-minmax`` / ``ort-u8s8rr-entropy``: its best setting on x86 CPUs (uint8 activations, ``reduce_range``);
 * ``nncf``: ``nncf.quantize`` at its defaults (``model_type=TRANSFORMER`` for MiniLM);
 * ``bushu-ort`` / ``bushu-openvino``: ``bushu.quantize`` with its defaults for each engine preset; ``bushu-budget``
@@ -16,7 +17,8 @@ Every model is scored on ONNX Runtime and on OpenVINO (the same file), and timed
 * PP-OCRv4 rec: exact-match word accuracy on rendered lines (bushu.datasets.text_lines, DejaVu fonts);
 * all-MiniLM-L6-v2: cosine between float and quantized sentence embeddings, and top-5 nearest-neighbour agreement,
   on bushu.datasets.sentences();
-* PP-OCRv4 det and a MobileNetV3-small-like network (random weights): output SNR on crops of scikit-image photos;
+* PP-OCRv4 det: output SNR on photos with rendered text pasted on them (bushu.datasets.text_scenes);
+* a MobileNetV3-small-like network (random weights): output SNR on crops of scikit-image photos;
 * calibration peak memory (tracemalloc) at 100 and 1,000 samples.
 
 Run it alone on the machine::
@@ -163,9 +165,7 @@ def _crops(size: int, n: int, seed: int, mean, std) -> list[np.ndarray]:
     return out
 
 
-def snr_task(name: str, path: Path, input_name: str, size: int, mean, std) -> Task:
-    calib = [{input_name: x} for x in _crops(size, 64, 0, mean, std)]
-    test = [{input_name: x} for x in _crops(size, 12, 1, mean, std)]
+def snr_task(name: str, path: Path, calib: list[dict], test: list[dict]) -> Task:
     ref_cache: dict = {}
 
     def score(p, engine):
@@ -180,16 +180,25 @@ def snr_task(name: str, path: Path, input_name: str, size: int, mean, std) -> Ta
 
 
 def det_task(tmp: Path) -> Task:
+    """PP-OCRv4 det on photos with rendered text pasted on them, preprocessed as rapidocr does ((x/255-0.5)/0.5)."""
     path = tmp / "ppocr-det-op13.onnx"
     bushu.save(bushu.ir.convert_opset(bushu.load(zoo.path("ppocr-det")), 13), path)
-    return snr_task("ppocr-det", path, "x", 480, (0.5,) * 3, (0.5,) * 3)
+
+    def prep(img):
+        return np.ascontiguousarray(((img.astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)[None])
+
+    calib = [{"x": prep(im)} for im in datasets.text_scenes(64, 480, seed=0)]
+    test = [{"x": prep(im)} for im in datasets.text_scenes(12, 480, seed=1)]
+    return snr_task("ppocr-det", path, calib, test)
 
 
 def mnv3_task(tmp: Path) -> Task:
     import bushu.zoo_torch as zt
 
-    return snr_task("mobilenetv3-small-like", zt.onnx_path("mobilenetv3-small-like"), "input", 224,
-                    (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return snr_task("mobilenetv3-small-like", zt.onnx_path("mobilenetv3-small-like"),
+                    [{"input": x} for x in _crops(224, 64, 0, mean, std)],
+                    [{"input": x} for x in _crops(224, 12, 1, mean, std)])
 
 
 # ------------------------------------------------------------------------------------------------ quantizers
@@ -197,6 +206,20 @@ def mnv3_task(tmp: Path) -> Task:
 # CalibMaxIntermediateOutputs option only applies to MinMax): on PP-OCRv4 rec, 100 lines passed 19 GiB and the run
 # was killed. These models' entropy anchors calibrate on their first feeds only.
 ENTROPY_SAMPLES = {"ppocr-rec": 12, "ppocr-det": 12}
+
+
+def padded(feeds: list[dict]) -> list[dict]:
+    """Feeds zero-padded on their last axis to a common length: ORT's entropy calibrator stacks every feed's
+    outputs and fails on different shapes. Zero is what rapidocr pads rec lines with, and token id 0 / mask 0 is
+    BERT's padding, so the padded feeds mean the same thing."""
+    out = []
+    for f in feeds:
+        g = {}
+        for k, v in f.items():
+            n = max(x[k].shape[-1] for x in feeds)
+            g[k] = np.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, n - v.shape[-1])])
+        out.append(g)
+    return out
 
 
 class _Reader:
@@ -212,7 +235,7 @@ class _Reader:
 def ort_static(task: Task, out: Path, *, activations: str, reduce_range: bool, method: str) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    feeds = task.calib if method == "minmax" else task.calib[:ENTROPY_SAMPLES.get(task.name, len(task.calib))]
+    feeds = task.calib if method == "minmax" else padded(task.calib[:ENTROPY_SAMPLES.get(task.name, len(task.calib))])
     quantize_static(str(task.path), str(out), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
@@ -255,10 +278,19 @@ def methods(task: Task) -> dict[str, Callable[[Path], Path]]:
 
 
 # ------------------------------------------------------------------------------------------------ running
-def latency(path: Path, engine: str, feed: dict, budget_s: float) -> dict:
-    s = _session(path, engine)
-    lat = measure(lambda: s.run(feed), warmup_s=0.5, budget_s=budget_s)
-    return {"median_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms, "reps": lat.repetitions}
+def paired_latency(ref: Path, path: Path, engine: str, feed: dict, budget_s: float, rounds: int = 3) -> dict:
+    """FP32 and quantized latency measured in alternation (``rounds`` times each, one session at a time), so that
+    load drifting on the shared machine hits both alike; the speed-up is the ratio of the pooled medians."""
+    pooled: dict[str, list[float]] = {"fp32": [], "quantized": []}
+    for _ in range(rounds):
+        for key, p in (("fp32", ref), ("quantized", path)):
+            s = _session(p, engine)
+            pooled[key] += measure(lambda s=s: s.run(feed), warmup_s=0.3, budget_s=budget_s / rounds).samples_ms
+            del s
+    med = {k: float(np.median(v)) for k, v in pooled.items()}
+    return {"median_ms": med["quantized"], "p90_ms": float(np.quantile(pooled["quantized"], 0.9)),
+            "fp32_median_ms": med["fp32"], "speedup": med["fp32"] / med["quantized"],
+            "reps": len(pooled["quantized"])}
 
 
 def run_task(task: Task, tmp: Path, budget_s: float, only: set[str] | None) -> list[dict]:
@@ -279,7 +311,7 @@ def run_task(task: Task, tmp: Path, budget_s: float, only: set[str] | None) -> l
         for engine in ("ort", "openvino"):
             try:
                 row[engine] = {"metrics": task.score(path, engine),
-                               "latency": latency(path, engine, task.timing_feed, budget_s)}
+                               "latency": paired_latency(task.path, path, engine, task.timing_feed, budget_s)}
             except Exception as e:
                 row[engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
         rows.append(row)
@@ -320,9 +352,11 @@ def _fmt(v) -> str:
 def markdown(results: dict, command: str) -> str:
     lines = ["# Quantization benchmark (bushu quantize vs ONNX Runtime quantize_static vs NNCF)", "",
              f"Command: `{command}`", "", f"Machine: {results['machine']}", "",
-             "Accuracy columns are measured on each engine with the same file; speed-up = FP32 median / INT8 median "
-             "on that engine, both measured in this run (medians, p90 in the JSON). `error` = the engine or the tool "
-             "failed on that model.", ""]
+             "Accuracy columns are measured on each engine with the same file. Latency: median of the quantized "
+             "model; × = FP32 median / quantized median on that engine, the two measured in alternation (3 rounds "
+             "each, one session at a time) so that the shared machine's drifting load hits both alike (p90 and the "
+             "FP32 medians in the JSON). `error` = the engine or the tool failed on that model (message in the "
+             "JSON).", ""]
     for model in results["models"]:
         rows = [r for r in results["rows"] if r["model"] == model]
         fp = next((r for r in rows if r["config"] == "fp32"), None)
@@ -341,11 +375,8 @@ def markdown(results: dict, command: str) -> str:
             ov = r["openvino"]
             cells.append(_fmt(ov["metrics"][metric_names[0]]) if "metrics" in ov else "error")
             for eng in ("ort", "openvino"):
-                if "latency" in r[eng] and fp and "latency" in fp[eng]:
-                    ms = r[eng]["latency"]["median_ms"]
-                    cells += [f"{ms:.3f}", f"{fp[eng]['latency']['median_ms'] / ms:.2f}"]
-                else:
-                    cells += ["–", "–"]
+                lat = r[eng].get("latency")
+                cells += [f"{lat['median_ms']:.3f}", f"{lat['speedup']:.2f}"] if lat else ["–", "–"]
             cells.append(f"{r['build_s']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

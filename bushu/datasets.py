@@ -4,7 +4,8 @@
 * :func:`text_lines` — words and numbers rendered with Debian's DejaVu fonts into PP-OCRv4 rec's ``1x3x48xW`` input,
   preprocessed exactly as rapidocr does; :func:`ppocr_decode` is rapidocr's CTC greedy decode.
 * :func:`sentences` — sentences on several topics, written for bushu, for sentence-embedding models (MiniLM).
-* :func:`photos` — scikit-image's sample photographs as ``HxWx3`` uint8 arrays.
+* :func:`photos` — scikit-image's sample photographs as ``HxWx3`` uint8 arrays; :func:`text_scenes` pastes
+  rendered lines on them, for text detection.
 
 Every function is deterministic for a given seed.
 """
@@ -128,6 +129,30 @@ def ppocr_decode(logits: np.ndarray, keys: Sequence[str] | None = None) -> list[
         keep &= row != 0
         texts.append("".join(keys[i] for i in row[keep]).strip())
     return texts
+
+
+def text_scenes(n: int, size: int = 480, seed: int = 0) -> list[np.ndarray]:
+    """``n`` ``size``×``size`` RGB uint8 images for text *detection*: a crop of a sample photo with 3–8 rendered
+    lines pasted on it at random places (a detector's output on photos without text is all but zero)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pics = list(photos().values())
+    out = []
+    for i in range(n):
+        img = pics[i % len(pics)]
+        h, w = img.shape[:2]
+        s = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        canvas = Image.fromarray(img[y:y + s, x:x + s]).resize((size, size), Image.BILINEAR)
+        for _ in range(int(rng.integers(3, 9))):
+            line = render_line(_line_text(rng), FONTS[int(rng.integers(len(FONTS)))], int(rng.integers(14, 36)))
+            lh, lw = line.shape[:2]
+            if lw >= size or lh >= size:
+                continue
+            canvas.paste(Image.fromarray(line), (int(rng.integers(0, size - lw)), int(rng.integers(0, size - lh))))
+        out.append(np.asarray(canvas))
+    return out
 
 
 def photos() -> dict[str, np.ndarray]:

@@ -33,8 +33,8 @@ def add_arguments(p):
     g = p.add_argument_group("what")
     g.add_argument("--mode", default="static", choices=["static", "dynamic", "weight-only", "int4", "fp16"])
     g.add_argument("--engine", default="ort", help="target engine: ort or openvino (default: ort)")
-    g.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy", "mse", "auto"],
-                   help="activation ranges (default: minmax; auto tries all four on held-out feeds)")
+    g.add_argument("--method", default="mse", choices=["minmax", "percentile", "entropy", "mse", "auto"],
+                   help="activation ranges (default: mse; auto scores all four and a per-tensor mix on held-out feeds)")
     g.add_argument("--percentile", type=float, default=99.999, help="for --method percentile (default: 99.999)")
     pc = g.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
@@ -55,8 +55,10 @@ def add_arguments(p):
     a.add_argument("--eval", default=None, metavar="module.py:fn", help="your metric: fn(run) -> float, higher is better")
     a.add_argument("--smoothquant", default="auto", metavar="auto|off|ALPHA",
                    help="SmoothQuant for LayerNorm → MatMul (default: auto, alpha searched)")
-    a.add_argument("--bias-correction", action="store_true", help="fold the mean output error into the biases")
-    a.add_argument("--cle", action="store_true", help="cross-layer equalization of Conv → [ReLU] → Conv chains")
+    a.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="don't fold each layer's mean output error into its bias (on by default)")
+    a.add_argument("--no-cle", dest="cle", action="store_false",
+                   help="no cross-layer equalization of Conv → [ReLU] → Conv chains (on by default)")
     a.add_argument("--diagnose", action="store_true", help="rank layers by sensitivity, find the first divergence")
     a.add_argument("--no-speed", action="store_true", help="don't measure FP32 vs quantized latency")
     d = p.add_argument_group("calibration data")

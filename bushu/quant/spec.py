@@ -90,7 +90,10 @@ def preset(engine: str) -> EnginePreset:
 
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
-    """What to quantize and how. Every field has a measured default; see docs/quantize.md.
+    """What to quantize and how. Every field has a measured default; see docs/quantize.md and
+    docs/dev/quant-bench.md. Ranges by MSE (PP-OCRv4 det output SNR 8.4 dB with min-max, 11.0 with MSE; rec word
+    accuracy 97.3% → 98.0%, = FP32); bias correction on (det 11.0 → 14.8 dB, MobileNetV3 41 → 47 dB); cross-layer
+    equalization on (det 14.8 → 16.4 dB; it only touches Conv → ReLU → Conv chains).
 
     ``include``/``exclude`` hold node names or op types: with ``include`` only matching nodes are quantized;
     ``exclude`` always wins. ``keep_float`` is the set of node names the accuracy budget left in float.
@@ -103,7 +106,7 @@ class QuantConfig:
 
     engine: str = "ort"
     mode: str = "static"
-    method: str = "minmax"
+    method: str = "mse"
     per_channel: bool = True
     reduce_range: bool | None = None
     include: tuple[str, ...] = ()
@@ -112,9 +115,9 @@ class QuantConfig:
     percentile: float = 99.999
     max_samples: int | None = None
     heldout: int = 8
-    bias_correction: bool = False
+    bias_correction: bool = True
     smoothquant: float | str | None = "auto"
-    cle: bool = False
+    cle: bool = True
     budget: str | None = None
     eval_fn: Callable | None = dataclasses.field(default=None, compare=False)
     measure_speed: bool = True

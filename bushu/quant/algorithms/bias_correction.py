@@ -20,13 +20,14 @@ def _bias_dq(node: ir.Node) -> ir.Node | None:
     return p if p is not None and p.op_type == "DequantizeLinear" else None
 
 
-def _shift(session, q: ir.Model, name: str) -> np.ndarray:
+def _channel_mean(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64).swapaxes(0, 1).reshape(x.shape[1], -1).mean(axis=1)
+
+
+def _shift(session, q: ir.Model, name: str, reference: list[np.ndarray]) -> np.ndarray:
     """Mean of (quantized − float) per output channel of tensor ``name`` over the held-out feeds."""
-    ref, cand = exposed(session.model, [name]), exposed(q, [name])
-    total = 0.0
-    for feed in session.heldout:
-        a, b = cand.run(feed, [name])[name], ref.run(feed, [name])[name]
-        total = total + (a.astype(np.float64) - b).swapaxes(0, 1).reshape(a.shape[1], -1).mean(axis=1)
+    cand = exposed(q, [name])
+    total = sum(_channel_mean(cand.run(f, [name])[name]) - ref for f, ref in zip(session.heldout, reference))
     return total / len(session.heldout)
 
 
@@ -36,11 +37,18 @@ def apply(session, q: ir.Model) -> str:
     nodes = [n for n in q.graph if n.op_type in ("Conv", "Gemm") and _bias_dq(n) is not None]
     if not nodes:
         return "bias correction: no quantized layer with a bias"
+    names = [n.outputs[0].name for n in nodes]
+    ref_sess = exposed(session.model, names)  # the float layers' channel means, once for all layers
+    reference: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in session.heldout:
+        outs = ref_sess.run(feed, names)
+        for n in names:
+            reference[n].append(_channel_mean(outs[n]))
     changed = 0
     for node in nodes:
         dq = _bias_dq(node)
         bq_val, scale_val = dq.inputs[0], dq.inputs[1]
-        shift = _shift(session, q, node.outputs[0].name)
+        shift = _shift(session, q, node.outputs[0].name, reference[node.outputs[0].name])
         step = np.rint(shift / scale_val.const_value.numpy().astype(np.float64)).astype(np.int64)
         if not step.any():
             continue
