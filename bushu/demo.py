@@ -198,10 +198,10 @@ def step_compare_int8(ctx: Context):
     from .compare import Tolerance, compare
 
     _, heldout = _lines(ctx)
-    # INT8 is not bit-exact by design: judge it like a classifier (same character at each step), and let
-    # --layerwise show where the error comes from.
+    # INT8 is not bit-exact by design, and the task metric is the word accuracy above: here the softmax over 6,625
+    # characters only has to stay recognisably the same (cosine), while --layerwise shows where the error starts.
     res = compare(str(ctx.state["optimized"]), str(ctx.state["int8"]), inputs=[{"x": ln.x} for ln in heldout[:4]],
-                  tol=Tolerance(atol=1.0, rtol=0.0, min_cosine=0.95), layerwise=True, show_progress=ctx.progress)
+                  tol=Tolerance(atol=1.0, rtol=0.0, min_cosine=0.85), layerwise=True, show_progress=ctx.progress)
     return res, str(res)
 
 
