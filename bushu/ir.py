@@ -166,9 +166,21 @@ def _read_proto(path: Path) -> onnx.ModelProto:
         raise BushuError(f"{path} is not a valid ONNX file ({msg}): is it truncated, or another format?") from None
 
 
+def _zoo_names() -> set[str]:
+    from . import zoo
+
+    return set(zoo.MODELS)
+
+
 def load(path: str | os.PathLike) -> ir.Model:
-    """Load an ONNX model into onnx-ir after checking it (see the module docstring for what is refused)."""
+    """Load an ONNX model into onnx-ir after checking it (see the module docstring for what is refused).
+
+    A zoo model's name (``ppocr-rec``, …: :data:`bushu.zoo.MODELS`) stands for its installed file."""
     path = Path(path)
+    if not path.exists() and str(path) in _zoo_names():  # `bushu run ppocr-rec`: a real model from its wheel
+        from . import zoo
+
+        path = zoo.path(str(path))
     proto = _read_proto(path)
     check_proto(proto, path.parent, source=str(path))
     try:
