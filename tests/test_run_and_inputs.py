@@ -108,3 +108,14 @@ def test_cli_version_and_examples_in_help(cli):
     assert r.returncode == 0 and "examples:" in r.stdout
     r = cli("run", "model.onnx", "--engine", "nope")
     assert r.returncode == 2 and "unknown engine 'nope'" in r.stderr
+
+
+def test_every_command_has_help_with_examples(cli):
+    from bushu.cli.main import COMMANDS
+
+    r = cli("--help")
+    assert r.returncode == 0, r.stderr
+    for name in COMMANDS:
+        assert name in r.stdout
+        r = cli(name, "--help")
+        assert r.returncode == 0 and "examples:" in r.stdout, (name, r.stderr)

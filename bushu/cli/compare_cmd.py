@@ -12,6 +12,9 @@ exit code: 0 when every output is within tolerance, 1 when one is not, 2 on bad 
 """
 
 
+from ..report import add_report_argument, write_if_asked
+
+
 def add_arguments(p):
     from ..compare.metrics import Tolerance
 
@@ -34,6 +37,7 @@ def add_arguments(p):
                    help="also compare every intermediate tensor both sides share (by name) and name the first "
                         "divergent node; an intermediate's atol is scaled by its largest reference magnitude")
     add_input_arguments(p)
+    add_report_argument(p)
 
 
 def run(args):
@@ -41,6 +45,8 @@ def run(args):
 
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines else (args.engine,)
     synth = input_kwargs(args) if args.input is None else {}
-    return compare(args.model, args.candidate, engines=engines, reference=args.reference, inputs=args.input,
-                   samples=args.samples, tol=Tolerance(args.atol, args.rtol, args.min_cosine),
-                   layerwise=args.layerwise, options=engine_options(args), show_progress=not args.quiet, **synth)
+    result = compare(args.model, args.candidate, engines=engines, reference=args.reference, inputs=args.input,
+                     samples=args.samples, tol=Tolerance(args.atol, args.rtol, args.min_cosine),
+                     layerwise=args.layerwise, options=engine_options(args), show_progress=not args.quiet, **synth)
+    write_if_asked(args, result)
+    return result

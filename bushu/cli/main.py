@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         mod = _module(name)
         if mod is None:
             continue
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP, epilog="examples:\n" + mod.EXAMPLES.rstrip(),
+        # argparse %-formats help strings ("% of peak" would break `bushu --help`)
+        p = sub.add_parser(name, help=mod.HELP.replace("%", "%%"), description=mod.HELP, epilog="examples:\n" + mod.EXAMPLES.rstrip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         common_arguments(p)

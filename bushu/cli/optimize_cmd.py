@@ -12,6 +12,9 @@ EXAMPLES = """\
 """
 
 
+from ..report import add_report_argument, write_if_asked
+
+
 def add_arguments(p):
     p.add_argument("model", nargs="?", help="ONNX file")
     p.add_argument("-o", "--output", help="where to write the optimized model")
@@ -30,6 +33,7 @@ def add_arguments(p):
     p.add_argument("--force", action="store_true", help="allow -o to overwrite the input")
     p.add_argument("--list", action="store_true", help="list the passes with one line each, and the levels")
     add_input_arguments(p)
+    add_report_argument(p)
 
 
 def run(args):
@@ -51,4 +55,5 @@ def run(args):
         latency=not args.no_latency, force=args.force, show_progress=not args.quiet,
         **(input_kwargs(args) if args.input is None else {}),
     )
+    write_if_asked(args, result)
     return result
