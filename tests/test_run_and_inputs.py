@@ -113,9 +113,9 @@ def test_cli_version_and_examples_in_help(cli):
 def test_every_command_has_help_with_examples(cli):
     from bushu.cli.main import COMMANDS
 
-    r = cli("--help")
-    assert r.returncode == 0, r.stderr
+    top = cli("--help")
+    assert top.returncode == 0, top.stderr
     for name in COMMANDS:
-        assert name in r.stdout
-        r = cli(name, "--help")
-        assert r.returncode == 0 and "examples:" in r.stdout, (name, r.stderr)
+        assert name in top.stdout
+        sub = cli(name, "--help")
+        assert sub.returncode == 0 and "examples:" in sub.stdout, (name, sub.stderr)
