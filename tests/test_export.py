@@ -90,7 +90,7 @@ def minilm(tmp_path_factory):
     module, example, dynamic = load_factory(f"{EXAMPLES / 'export_minilm.py'}:factory")
     out = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
     result = bushu.export(module, example, output=out, dynamic_shapes=dynamic,
-                          output_names=["sentence_embedding"], show_progress=False)
+                          output_names=["last_hidden_state", "sentence_embedding"], show_progress=False)
     return module, example, result
 
 
@@ -106,7 +106,7 @@ def test_minilm_export_is_faithful_on_dynamic_batch_and_sequence(minilm):
     assert result, result.render()
     assert result.exporter == "dynamo" and result.fallback_reason is None
     assert [s.shape for s in result.inputs] == [("batch", "sequence")] * 3
-    assert result.outputs[0].shape == ("batch", 384)
+    assert [o.shape for o in result.outputs] == [("batch", "sequence", 384), ("batch", 384)]
     # example + two fresh sizes, both larger than the example along batch and sequence
     batch, seq = example[0].shape
     assert len(result.verification) == 3
@@ -126,7 +126,7 @@ def test_minilm_onnx_embeds_new_sentences_like_pytorch(minilm):
     feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
     onnx_emb = _ort(result.path).run(feeds)["sentence_embedding"]
     with torch.no_grad():
-        torch_emb = module(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+        torch_emb = module(*(torch.from_numpy(feeds[k]) for k in feeds))[1].numpy()
     assert onnx_emb.shape == (4, 384)
     np.testing.assert_allclose(onnx_emb, torch_emb, atol=1e-5)
     sim = onnx_emb @ onnx_emb.T
