@@ -8,6 +8,8 @@
   redundant nodes removed — all standard ONNX ops): a BatchNormalization left after a Conv would keep the Conv's
   output in float, and weights must be constants to be quantized.
 * Constant nodes become initializers and every node gets a unique name (plans refer to nodes by name).
+* A spatial ``ReduceMean`` (squeeze-excite blocks, global pooling as torch exports it) becomes the equivalent
+  ``GlobalAveragePool``, which engines run in int8; ReduceMean has no integer kernel.
 """
 
 from __future__ import annotations
@@ -67,6 +69,36 @@ def ort_basic_optimize(model: ir.Model) -> ir.Model:
     return out
 
 
+def spatial_means_to_pooling(model: ir.Model) -> int:
+    """``ReduceMean(x, axes=[2, 3], keepdims=1)`` on a 4-D tensor → ``GlobalAveragePool(x)``, the same function
+    with an integer kernel (QLinearGlobalAveragePool) where ReduceMean has none. Returns the count rewritten."""
+    count = 0
+    for node in list(model.graph):
+        if node.op_type != "ReduceMean" or node.attributes.get_int("keepdims", 1) != 1:
+            continue
+        x = node.inputs[0]
+        if x is None or x.shape is None or len(x.shape) != 4:
+            continue
+        axes_in = node.inputs[1] if len(node.inputs) > 1 else None
+        if axes_in is not None:
+            axes = axes_in.const_value.numpy().tolist() if axes_in.const_value is not None else None
+        else:
+            axes = node.attributes.get_ints("axes", None)
+        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        pool = ir.node("GlobalAveragePool", [x], name=node.name)
+        pool.outputs[0].name = node.outputs[0].name + "_pool"
+        pool.outputs[0].dtype, pool.outputs[0].shape = node.outputs[0].dtype, node.outputs[0].shape
+        model.graph.insert_before(node, pool)
+        out = node.outputs[0]
+        name = out.name
+        out.replace_all_uses_with(pool.outputs[0], replace_graph_outputs=True)
+        model.graph.remove(node, safe=True)
+        pool.outputs[0].name = name
+        count += 1
+    return count
+
+
 def prepare(model: ir.Model, *, optimize: bool = True) -> tuple[ir.Model, list[str]]:
     """A float copy of ``model`` ready for :func:`~bushu.quant.annotate.plan`, and notes on what was done."""
     check_float(model)
@@ -81,5 +113,8 @@ def prepare(model: ir.Model, *, optimize: bool = True) -> tuple[ir.Model, list[s
         notes.append(f"float graph simplified by ONNX Runtime's basic optimizations ({before} → "
                      f"{sum(1 for _ in model.graph)} nodes)")
     LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+    pools = spatial_means_to_pooling(model)
+    if pools:
+        notes.append(f"{pools} spatial ReduceMean → GlobalAveragePool (it has an integer kernel)")
     NameFixPass()(model)
     return model, notes

@@ -112,7 +112,8 @@ class Session:
     def score(self, q: ir.Model, *, user_metric: bool = True) -> Accuracy:
         """``q`` against the float model on the held-out feeds; ``user_metric=False`` skips the user's metric
         (the sensitivity ranking needs only the output error)."""
-        outs = run_all(q, self.heldout)
+        # on the target engine: an engine that computes the quantized model wrong shows up here, not in production
+        outs = run_all(q, self.heldout, self.config.engine)
         ev = float(self.eval_fn(self.runner(q))) if self.eval_fn is not None and user_metric else None
         return accuracy(self.reference, outs, eval_float=self.eval_float, eval_quantized=ev)
 
