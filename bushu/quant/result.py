@@ -53,7 +53,7 @@ class QuantizeResult(Result):
                f"quantized    {self.quantized_layers} weighted layers; {len(self.float_layers)} left in float",
                f"calibration  {self.calibration_samples} samples"]
         out += [f"note         {n}" for n in self.notes]
-        if self.accuracy:
+        if self.accuracy is not None:
             out.append(f"accuracy     {self.accuracy}")
         if self.budget:
             out.append(f"budget       {self.budget}: {'met' if self.budget_met else 'NOT met'}")
@@ -64,13 +64,13 @@ class QuantizeResult(Result):
             rows = [[k, v] for k, v in list(self.float_layers.items())[:20]]
             more = len(self.float_layers) - len(rows)
             out += ["", "left in float:", fmt_table(rows, ["layer", "why"])] + ([f"… and {more} more"] if more else [])
-        if self.speed:
+        if self.speed is not None:
             sp = self.speed
             out += ["", f"latency      fp32 {sp.fp32.median_ms:.3f} ms (p90 {sp.fp32.p90_ms:.3f}), quantized "
                         f"{sp.quantized.median_ms:.3f} ms (p90 {sp.quantized.p90_ms:.3f}) on {sp.engine}: "
                         f"{sp.speedup:.2f}×"]
             out += [f"why slower   {r}" for r in sp.reasons]
-        if self.diagnosis:
+        if self.diagnosis is not None:
             out += ["", self.diagnosis.render()]
         if self.saved_to:
             out += ["", f"saved to {self.saved_to}"]
