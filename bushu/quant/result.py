@@ -40,9 +40,9 @@ class QuantizeResult(Result):
 
     def __str__(self) -> str:
         s = f"{self.mode} {self.engine}: {self.quantized_layers} layers quantized ({self.method})"
-        if self.accuracy:
+        if self.accuracy is not None:
             s += f"; {self.accuracy}"
-        if self.speed:
+        if self.speed is not None:
             s += f"; {self.speed.speedup:.2f}× vs fp32"
         if self.budget:
             s += f"; budget {self.budget} {'met' if self.budget_met else 'NOT met'}"
