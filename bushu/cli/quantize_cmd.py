@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from ..report import add_report_argument, write_if_asked
+
 HELP = "quantize a model (INT8 static/dynamic, weight-only INT8/INT4, FP16) to an accuracy budget, with diagnosis"
 EXAMPLES = """\
   bushu quantize model.onnx -o model.int8.onnx --calib feeds/            # .npz/.npy feeds, one per file
@@ -27,6 +29,7 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 def add_arguments(p):
+    add_report_argument(p)
     p.add_argument("model", help="float ONNX model")
     p.add_argument("-o", "--output", required=True, help="where to write the quantized model")
     p.add_argument("--force", action="store_true", help="overwrite the input model if -o names it")
@@ -110,5 +113,7 @@ def run(args):
         bias_correction=args.bias_correction, cle=args.cle, budget=args.budget,
         eval_fn=load_eval(args.eval) if args.eval else None, measure_speed=not args.no_speed,
         diagnose=args.diagnose, block_size=args.block_size, progress=not args.quiet)
-    return quantize(args.model, args.calib, config, heldout=args.heldout, preprocess=_preprocess(args),
-                    output=args.output, force=args.force)
+    result = quantize(args.model, args.calib, config, heldout=args.heldout, preprocess=_preprocess(args),
+                      output=args.output, force=args.force)
+    write_if_asked(args, result)
+    return result
