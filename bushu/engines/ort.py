@@ -20,6 +20,11 @@ _ORT_TYPES = {
 }
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _spec(arg) -> TensorSpec:
     shape = None if arg.shape is None else tuple(d if isinstance(d, int) else (d or None) for d in arg.shape)
     return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
@@ -58,8 +63,7 @@ class OrtSession:
         try:
             res = self.sess.run(names, dict(feeds))
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BushuError(f"ONNX Runtime failed to run the model: {msg}") from None
+            raise BushuError(f"ONNX Runtime failed to run the model: {_first_line(e)}") from None
         return dict(zip(names, res))
 
     def end_profiling(self) -> str:
@@ -101,6 +105,30 @@ class OrtEngine:
             try:
                 sess = ort.InferenceSession(src, sess_options=session_options(options), providers=providers)
             except Exception as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise BushuError(f"ONNX Runtime could not load the model: {msg}") from None
+                raise BushuError(f"ONNX Runtime could not load the model: {_first_line(e)}") from None
         return OrtSession(sess)
+
+
+def optimized_model(model: ir.Model | str, level: str = "all") -> ir.Model:
+    """``model`` as ONNX Runtime's graph optimizer leaves it at ``level`` (``basic`` keeps standard ONNX ops; ``all``
+    adds the fusions and layout nodes of this machine). The weights are read into memory, so the result doesn't
+    depend on the temporary file ONNX Runtime wrote."""
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    so = session_options(EngineOptions(opt_level=level))
+    with tempfile.TemporaryDirectory(prefix="bushu-ort-opt-") as tmp:
+        so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        with ModelFile(model) as src:
+            try:
+                ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+            except Exception as e:
+                raise BushuError(f"ONNX Runtime could not load the model: {_first_line(e)}") from None
+        out = ir.load(so.optimized_model_filepath)
+        for g in [out.graph, *out.graph.subgraphs()]:
+            for v in g.initializers.values():
+                if isinstance(v.const_value, ir.ExternalTensor):
+                    v.const_value = ir.tensor(v.const_value.numpy(), name=v.name)
+    return out

@@ -14,9 +14,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
 
@@ -47,24 +44,9 @@ def check_float(model: ir.Model) -> None:
 
 def ort_basic_optimize(model: ir.Model) -> ir.Model:
     """The model after ONNX Runtime's basic (standard-op) graph optimizations."""
-    import onnxruntime as ort
+    from ..engines.ort import optimized_model
 
-    with tempfile.TemporaryDirectory(prefix="bushu-quant-") as tmp:
-        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
-        bir.save(model, src, force=True)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = dst
-        so.log_severity_level = 3
-        try:
-            ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise BushuError(f"ONNX Runtime could not load the model to prepare it: {str(e).splitlines()[0]}") from None
-        out = ir.load(dst)
-        # the weights must not point into the temporary folder once it is gone
-        for v in out.graph.initializers.values():
-            if isinstance(v.const_value, ir.ExternalTensor):
-                v.const_value = ir.tensor(v.const_value.numpy(), name=v.name)
+    out = optimized_model(model, "basic")
     out.meta.update({k: v for k, v in model.meta.items() if k != "bushu.path"})
     return out
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from .. import engines
-from .. import ir as bir
 from ..engines.base import EngineOptions
 from ..results import Result
 from ..timing import Latency, cpu_flags, measure
@@ -53,17 +50,9 @@ class Speed(Result):
 
 def ort_optimized(model: ir.Model) -> ir.Model:
     """``model`` as ONNX Runtime's optimizer (level all) leaves it, with the hardware-specific layout nodes."""
-    import onnxruntime as ort
+    from ..engines.ort import optimized_model
 
-    with tempfile.TemporaryDirectory(prefix="bushu-speed-") as tmp:
-        src, dst = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "opt.onnx")
-        bir.save(model, src, force=True)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = dst
-        so.log_severity_level = 4
-        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-        return ir.load(dst)
+    return optimized_model(model, "all")
 
 
 def islands(model: ir.Model) -> tuple[int, dict[str, int], int]:
