@@ -205,16 +205,24 @@ def step_compare_int8(ctx: Context):
     return res, str(res)
 
 
+# Engines that run ONNX's QuantizeLinear/DequantizeLinear as INT8 (ncnn has its own INT8 format, not QDQ).
+QDQ_ENGINES = ("ort", "openvino", "mnn")
+
+
 def step_bench(ctx: Context):
     from . import engines, zoo
     from .bench import bench
 
     wanted = ("ort", "openvino") if ctx.quick else ("ort", "openvino", "ncnn", "mnn")
     have = [e for e in wanted if e in engines.available()]
-    res = bench([zoo.path("ppocr-rec"), ctx.state["optimized"], ctx.state["int8"]], engines=have, batch=(1,),
-                shapes={"x": REC_SHAPE}, warmup_s=0.1 if ctx.quick else 0.25, budget_s=0.3 if ctx.quick else 1.0,
-                isolate=not ctx.quick, show_progress=ctx.progress)
-    return res, str(res)
+    timing = dict(batch=(1,), shapes={"x": REC_SHAPE}, warmup_s=0.1 if ctx.quick else 0.25,
+                  budget_s=0.3 if ctx.quick else 1.0, isolate=not ctx.quick, show_progress=ctx.progress)
+    fp32 = bench([zoo.path("ppocr-rec"), ctx.state["optimized"]], engines=have, **timing)
+    int8 = bench([ctx.state["int8"]], engines=[e for e in have if e in QDQ_ENGINES], **timing)
+    ctx.save_json("bench-int8", int8)
+    if not int8:
+        raise RuntimeError(f"INT8 bench: {int8}")
+    return fp32, f"FP32 {fp32}; INT8 {int8}"
 
 
 @dataclasses.dataclass(frozen=True)
