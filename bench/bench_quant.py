@@ -149,18 +149,9 @@ def minilm_task(tmp: Path) -> Task:
 
 
 def _crops(size: int, n: int, seed: int, mean, std) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    photos = list(datasets.photos().values())
     out = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        h, w = img.shape[:2]
-        s = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
-        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        from PIL import Image
-
-        crop = np.asarray(Image.fromarray(img[y:y + s, x:x + s]).resize((size, size), Image.BILINEAR), np.float32)
-        crop = (crop / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    for img in datasets.photo_crops(n, size, seed):
+        crop = (img.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         out.append(np.ascontiguousarray(crop.transpose(2, 0, 1)[None]))
     return out
 

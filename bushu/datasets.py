@@ -140,11 +140,7 @@ def text_scenes(n: int, size: int = 480, seed: int = 0) -> list[np.ndarray]:
     pics = list(photos().values())
     out = []
     for i in range(n):
-        img = pics[i % len(pics)]
-        h, w = img.shape[:2]
-        s = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
-        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        canvas = Image.fromarray(img[y:y + s, x:x + s]).resize((size, size), Image.BILINEAR)
+        canvas = _random_crop(pics[i % len(pics)], size, rng)
         for _ in range(int(rng.integers(3, 9))):
             line = render_line(_line_text(rng), FONTS[int(rng.integers(len(FONTS)))], int(rng.integers(14, 36)))
             lh, lw = line.shape[:2]
@@ -153,6 +149,23 @@ def text_scenes(n: int, size: int = 480, seed: int = 0) -> list[np.ndarray]:
             canvas.paste(Image.fromarray(line), (int(rng.integers(0, size - lw)), int(rng.integers(0, size - lh))))
         out.append(np.asarray(canvas))
     return out
+
+
+def _random_crop(img: np.ndarray, size: int, rng: np.random.Generator):
+    """A random square crop (half the short side or more) of ``img``, resized to ``size``×``size`` (a PIL image)."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    s = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
+    y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+    return Image.fromarray(img[y:y + s, x:x + s]).resize((size, size), Image.BILINEAR)
+
+
+def photo_crops(n: int, size: int = 224, seed: int = 0) -> list[np.ndarray]:
+    """``n`` random square crops of the sample photos, ``size``×``size`` RGB uint8 (calibration images for CNNs)."""
+    rng = np.random.default_rng(seed)
+    pics = list(photos().values())
+    return [np.asarray(_random_crop(pics[i % len(pics)], size, rng)) for i in range(n)]
 
 
 def photos() -> dict[str, np.ndarray]:

@@ -57,7 +57,8 @@ class Fusion(pattern.RewriteRuleClassBase):
         return None
 
     def replace(self, op, **bindings):
-        raise NotImplementedError
+        """Write the fused standard op(s) with the tape ``op``; every concrete rule overrides this (abstract)."""
+        raise NotImplementedError(f"{type(self).__name__} must define replace()")
 
     def check(self, context, **bindings) -> MatchResult:
         opset = context.model.opset_imports.get("", context.model.opset_imports.get("ai.onnx", 1))
