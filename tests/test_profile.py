@@ -65,7 +65,18 @@ def test_times_add_up(traced):
     assert r.kernels_ms == pytest.approx(sum(row.time_ms for row in r.rows))
     assert sum(row.time_pct for row in r.rows) == pytest.approx(100)
     assert 0.3 < r.coverage < 1.5  # per run, kernel time is most of the run (within 10 % on a quiet machine)
-    assert bool(r) == (abs(r.coverage - 1) <= 0.10)
+    # the executor's time between kernels is timed apart (ORT's Execute span minus its kernels), never hidden in them
+    assert r.executor_ms is not None and r.executor_ms > 0
+    assert r.coverage < r.accounted <= 1.0 + 1e-9  # kernels + executor never exceed the run's wall time
+    assert bool(r) == (abs(r.accounted - 1) <= 0.10)
+    names = [p[0] for p in r.parts]
+    assert names == ["kernels (the per-op rows)", "executor overhead (between kernels)",
+                     "outside the engine's timers (Python call, waits)"]
+    assert all(ms >= 0 and 0 <= share <= 1 for _, ms, share in r.parts)
+    assert r.parts[0][2] == pytest.approx(r.coverage)
+    # the unprofiled latency, measured in alternation with the profiled runs: ORT's profiler costs time of its own
+    assert r.latency_ms > 0 and r.profiler_slowdown == pytest.approx(r.e2e_ms / r.latency_ms)
+    assert "where a profiled run goes" in r.render()
 
 
 def test_trace_is_valid_chrome_trace_json(traced):
@@ -78,8 +89,21 @@ def test_trace_is_valid_chrome_trace_json(traced):
     assert any(e["args"]["onnx_nodes"] for e in spans)
 
 
+def test_repeat_alternates_profiled_and_plain_blocks():
+    from bushu.profile.measure import repeat
+
+    calls = []
+    warm, prof, plain = repeat(lambda: calls.append("p"), warmup_s=0.0, budget_s=0.0, min_runs=7, max_runs=100,
+                               plain=lambda: calls.append("u"), block=3)
+    assert warm == 1 and len(prof) == 9 and len(plain) == 9  # whole blocks, at least min_runs
+    # warm-up, one untimed plain call, then blocks: 3 profiled, 1 untimed + 3 timed plain
+    assert "".join(calls) == "p" + "u" + ("ppp" + "uuuu") * 3
+
+
 def test_openvino_layers_map_to_onnx_nodes(ov, costs):
     assert ov.engine == "openvino" and ov.rows
+    assert ov.executor_ms is None and ov.accounted == ov.coverage  # OpenVINO times layers, not the gaps
+    assert ov.runs >= 30 and ov.latency_ms > 0
     named = [n for row in ov.rows for n in row.nodes]
     assert set(named) <= set(costs)
     assert sum(row.flops or 0 for row in ov.rows) > 0.9 * sum(c.flops for c in costs.values() if c.flops)

@@ -39,7 +39,8 @@ def profile(
     """Profile ``model`` (a path, an ``ir.Model`` or a zoo name) on ``engine`` (``ort`` or ``openvino``).
 
     Runs the model for ``warmup_s`` then at least 10 times within ``budget_s`` with the engine's per-kernel
-    profiler on (each run's wall time recorded beside its kernel times), maps every kernel back to the ONNX nodes it ran (:mod:`bushu.profile.mapping`), joins FLOPs and
+    profiler on (each run's wall time recorded beside its kernel times, and an unprofiled run of the same model
+    after each one for the real latency), maps every kernel back to the ONNX nodes it ran (:mod:`bushu.profile.mapping`), joins FLOPs and
     bytes (:func:`bushu.inspect.node_costs`) and the machine's peaks (:func:`bushu.profile.peaks.peaks`), and writes
     a Chrome trace to ``trace`` when given. ``inputs`` (a .npz path or a mapping) replaces the synthesized feed.
     """
@@ -71,13 +72,28 @@ def profile(
     unattributed = tuple(n for n, c in costs.items() if n not in claimed and c.flops)
     e2e = float(np.median(measured.run_ms))
     # Coverage run by run (kernel times against the wall time of the same run), so that load from other processes,
-    # which moves both alike, doesn't move the ratio.
-    per_run = np.sum([k.times_us for k in measured.kernels], axis=0) / 1e3 / np.asarray(measured.run_ms)
-    coverage = float(np.median(per_run))
+    # which moves both alike, doesn't move the ratio. The executor's own time between kernels (where the engine's
+    # profiler times it) is a separate row, never folded into the ops.
+    kernel_sums = np.sum([k.times_us for k in measured.kernels], axis=0) / 1e3
+    walls = np.asarray(measured.run_ms)
+    coverage = float(np.median(kernel_sums / walls))
+    between = np.asarray(measured.between_ms) if measured.between_ms else None
+    accounted = float(np.median((kernel_sums + between) / walls)) if between is not None else coverage
+    executor_ms = float(np.median(between)) if between is not None else None
+    outside = walls - kernel_sums - (between if between is not None else 0.0)
+    # where a profiled run goes: each part's median over runs, in ms and as a share of its run
+    parts = [("kernels (the per-op rows)", kernel_sums)]
+    if between is not None:
+        parts.append(("executor overhead (between kernels)", between))
+    parts.append(("outside the engine's timers (Python call, waits)" if between is not None
+                  else "outside the layers (scheduling, Python call, waits)", outside))
+    parts = tuple((name, float(np.median(v)), float(np.median(v / walls))) for name, v in parts)
+    latency_ms = float(np.median(measured.plain_ms)) if measured.plain_ms else None
     kernels_ms = sum(r.time_ms for r in rows)
     trace_path = str(write_trace(trace, rows, e2e, f"{ref.label} on {engine}")) if trace else None
     total_flops = sum(c.flops for c in costs.values() if c.flops) or None
     return ProfileResult(model=ref.label, engine=measured.engine, shapes=bound, threads=threads,
                          runs=len(measured.run_ms), e2e_ms=e2e, kernels_ms=kernels_ms, coverage=coverage, rows=tuple(rows),
+                         accounted=accounted, executor_ms=executor_ms, latency_ms=latency_ms, parts=parts,
                          by_op=tuple(by_op_type(rows, pk.gflops * share)), total_flops=total_flops, peaks=pk,
                          machine=machine(), trace=trace_path, unattributed=unattributed)

@@ -1,5 +1,6 @@
-"""What an engine backend of the profiler returns: each kernel's time in every profiled run, and each run's
-end-to-end time, in execution order."""
+"""What an engine backend of the profiler returns: each kernel's time in every profiled run, each run's end-to-end
+time, the engine's own time between kernels, and the wall time of an unprofiled run interleaved with each profiled
+one (a profiler costs time of its own: the unprofiled runs say how much, under the same machine load)."""
 
 from __future__ import annotations
 
@@ -26,21 +27,43 @@ class Measurement:
     kernels: list[Kernel]
     run_ms: list[float]  # wall-clock time of each profiled run, as the caller sees it
     note: str = ""
+    # per profiled run, the engine's executor time outside every kernel (between kernels, before the first and
+    # after the last), from the profiler's own timestamps; empty when the engine's profiler doesn't time its executor
+    between_ms: list[float] = dataclasses.field(default_factory=list)
+    # wall time of an unprofiled run of the same model, one after each profiled run
+    plain_ms: list[float] = dataclasses.field(default_factory=list)
 
 
-def repeat(fn: Callable[[], None], *, warmup_s: float, budget_s: float, min_runs: int, max_runs: int) -> tuple[int, list[float]]:
-    """Call ``fn`` for ``warmup_s`` (at least once), then time calls until ``budget_s`` and ``min_runs``;
-    returns the number of warm-up calls and the timed durations in ms."""
+def repeat(fn: Callable[[], None], *, warmup_s: float, budget_s: float, min_runs: int, max_runs: int,
+           plain: Callable[[], None] | None = None, block: int = 5) -> tuple[int, list[float], list[float]]:
+    """Call ``fn`` for ``warmup_s`` (at least once), then time calls until ``budget_s`` and ``min_runs``.
+
+    With ``plain`` (the same work without the profiler), timed calls alternate in blocks of ``block``: ``fn``
+    ``block`` times, then ``plain`` once untimed (the other session's threads settle) and ``block`` times timed,
+    so that both see the same load from other processes. Returns the number of warm-up calls, the timed
+    durations of ``fn`` (one per call after the warm-up) and those of ``plain``, in ms.
+    """
     clock = time.perf_counter
+
+    def timed(f: Callable[[], None]) -> float:
+        t0 = clock()
+        f()
+        return (clock() - t0) * 1e3
+
     start = clock()
     warm = 0
     while warm == 0 or clock() - start < warmup_s:
         fn()
         warm += 1
+    if plain is not None:
+        plain()
     times: list[float] = []
+    plain_ms: list[float] = []
     end = clock() + budget_s
     while len(times) < max_runs and (len(times) < min_runs or clock() < end):
-        t0 = clock()
-        fn()
-        times.append((clock() - t0) * 1e3)
-    return warm, times
+        for _ in range(block if plain is not None else 1):
+            times.append(timed(fn))
+        if plain is not None:
+            plain()
+            plain_ms += [timed(plain) for _ in range(block)]
+    return warm, times, plain_ms

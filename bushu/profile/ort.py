@@ -4,6 +4,14 @@ The session saves its optimized graph (``optimized_model_filepath``), which name
 reports, so the mapping is exact rather than guessed from names: a kernel's anchors are the ONNX producers of its
 outputs that exist in the original model, the tensor an ``…_nchwc`` kernel is named after, and the original node of
 the same name. ``ReorderInput``/``ReorderOutput`` (NCHWc layout changes ORT inserts) are kept as layout rows.
+
+Where a run's time goes, from the profile's own timestamps: ``model_run`` (the session's run) contains
+``SequentialExecutor::Execute``, which contains the ``…_kernel_time`` events. Execute's time outside every kernel
+is the executor's overhead (between kernels: the profiler's own recording, allocation planning, the next node's
+setup); the wall time outside Execute is the Python call (binding, feed and output conversion, the session's run
+preamble). An unprofiled session of the same model runs after each profiled run: ORT's profiler records the
+node's arguments (shapes, memory, thread-pool statistics) before it stops a kernel's clock, which adds a few µs
+to every kernel, so the unprofiled runs give the model's real latency beside the profiled breakdown.
 """
 
 from __future__ import annotations
@@ -37,8 +45,17 @@ def _anchors(node: onnx.NodeProto, model: ir.Model, made_by: dict[str, ir.Node],
     return tuple(dict.fromkeys(found))
 
 
-def _runs(events: list[dict]) -> list[tuple[float, float]]:
-    return sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+def _spans(events: list[dict], name: str) -> list[tuple[float, float]]:
+    return sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == name)
+
+
+def _execute_us(runs: list[tuple[float, float]], executes: list[tuple[float, float]]) -> list[float]:
+    """Per run, the executor's time (its Execute span inside the run; the run itself when the version logs none)."""
+    out = []
+    for start, end in runs:
+        inside = [e - s for s, e in executes if start <= s <= end]
+        out.append(sum(inside) if inside else end - start)
+    return out
 
 
 def measure(model: ir.Model, feed: Mapping[str, np.ndarray], options: EngineOptions, *, warmup_s: float = 0.2,
@@ -53,9 +70,13 @@ def measure(model: ir.Model, feed: Mapping[str, np.ndarray], options: EngineOpti
         so.profile_file_prefix = os.path.join(tmp, "ort")
         so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         try:
-            sess = ort.InferenceSession(bir.to_bytes(model), sess_options=so, providers=["CPUExecutionProvider"])
-            warm, run_ms = repeat(lambda: sess.run(None, dict(feed)), warmup_s=warmup_s, budget_s=budget_s,
-                                  min_runs=min_runs, max_runs=max_runs)
+            data = bir.to_bytes(model)
+            sess = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
+            plain = ort.InferenceSession(data, sess_options=session_options(dataclasses.replace(options, profile=False)),
+                                         providers=["CPUExecutionProvider"])
+            warm, run_ms, plain_ms = repeat(lambda: sess.run(None, dict(feed)), warmup_s=warmup_s, budget_s=budget_s,
+                                            min_runs=min_runs, max_runs=max_runs,
+                                            plain=lambda: plain.run(None, dict(feed)))
         except Exception as e:
             raise BushuError(f"ONNX Runtime could not run the model: {str(e).strip().splitlines()[0]}") from None
         with open(sess.end_profiling()) as f:
@@ -65,7 +86,8 @@ def measure(model: ir.Model, feed: Mapping[str, np.ndarray], options: EngineOpti
     names = {n.name for n in model.graph}
     kernels = {n.name: Kernel(n.name, n.op_type, () if n.op_type in _LAYOUT else _anchors(n, model, made_by, names),
                               layout=n.op_type in _LAYOUT) for n in optimized.graph.node}
-    runs = _runs(events)[warm:]
+    runs = _spans(events, "model_run")[warm:]
+    execute_us = _execute_us(runs, _spans(events, "SequentialExecutor::Execute"))
     per_run: list[collections.Counter] = [collections.Counter() for _ in runs]
     starts = [r[0] for r in runs]
     for e in events:
@@ -78,4 +100,7 @@ def measure(model: ir.Model, feed: Mapping[str, np.ndarray], options: EngineOpti
         for name, k in kernels.items():
             k.times_us.append(float(counts.get(name, 0.0)))
     executed = [k for k in kernels.values() if any(k.times_us)]
-    return Measurement("ort", executed, run_ms[-len(runs):] if runs else run_ms)
+    between = [max(0.0, ex - sum(c.values())) / 1e3 for ex, c in zip(execute_us, per_run)]
+    n = len(runs)
+    return Measurement("ort", executed, run_ms[-n:] if runs else run_ms, between_ms=between,
+                       plain_ms=plain_ms[-n:] if runs else plain_ms)

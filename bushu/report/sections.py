@@ -35,11 +35,22 @@ def _bench(d: dict) -> str:
 def _profile(d: dict) -> str:
     peaks = d.get("peaks") or {}
     rows = d.get("rows", [])
-    out = [f"<p>{escape(d['model'])} on <b>{escape(d['engine'])}</b>: {d['e2e_ms']:.3f} ms end to end; kernels add up "
-           f"to {100 * d['coverage']:.0f} % of each run {verdict(abs(d['coverage'] - 1) <= 0.1, 'within 10 %', 'outside 10 %')}; "
+    accounted = d.get("accounted") if d.get("accounted") is not None else d["coverage"]
+    timed = "kernels and the executor between them" if d.get("executor_ms") is not None else "kernels"
+    plain = (f"; unprofiled {d['latency_ms']:.3f} ms (the profiler's slowdown {d['e2e_ms'] / d['latency_ms']:.2f}x)"
+             if d.get("latency_ms") else "")
+    out = [f"<p>{escape(d['model'])} on <b>{escape(d['engine'])}</b>: {d['e2e_ms']:.3f} ms per profiled run{plain}; "
+           f"{timed} add up to {100 * accounted:.0f} % of each run "
+           f"{verdict(abs(accounted - 1) <= 0.1, 'within 10 %', 'outside 10 %')} (kernels alone {100 * d['coverage']:.0f} %); "
            f"machine peak {peaks.get('gflops', 0):.1f} GFLOP/s, {peaks.get('bandwidth_gbs', 0):.1f} GB/s</p>",
+           "<h3>where a profiled run goes</h3>",
+           table([list(p) for p in d.get("parts", [])], ["part", "ms (median run)", "share of the run (median)"]),
            "<h3>time by op type</h3>",
-           svg.bars([(r["op_type"], r["time_ms"]) for r in d.get("by_op", [])], unit="ms"),
+           svg.bars([(r["op_type"], r["time_ms"]) for r in d.get("by_op", [])]
+                    # the executor's own time is not an op: drawn apart, in another colour, after the ops
+                    + ([("executor overhead (between kernels)", d["executor_ms"])] if d.get("executor_ms") else []),
+                    unit="ms", colors=[svg.PALETTE[0]] * len(d.get("by_op", []))
+                    + ([svg.PALETTE[1]] if d.get("executor_ms") else [])),
            table([[r["op_type"], r["kernels"], r["time_ms"], r["time_pct"], r.get("flops"), r.get("gflops_s"),
                    r.get("pct_peak")] for r in d.get("by_op", [])],
                  ["op", "kernels", "ms", "% time", "FLOPs", "GFLOP/s", "% peak"]),
