@@ -1,10 +1,10 @@
-"""Dynamic batching: a bounded queue per model version, one worker per instance, the engine off the event loop.
+"""Dynamic batching: a bounded queue per model version, one engine thread per instance, off the event loop.
 
-A worker takes the oldest request and every queued request whose inputs stack with it (same shapes past the batch
+An engine thread takes the oldest request and every queued request whose inputs stack with it (same shapes past the batch
 dimension, same dtypes), up to ``max_batch_size`` items; with a ``max_queue_delay`` it waits that long from the
 oldest request's arrival for more. With preferred batch sizes, a batch that can't reach ``max_batch_size`` is cut
 to the largest preferred size it reaches. With no delay, batches still form under load: whatever queued up while
-the engine was busy runs together. The merged batch runs in a thread (ONNX Runtime releases the GIL) and the
+the engine was busy runs together. The thread runs the merged batch (ONNX Runtime releases the GIL) and the
 handler splits the outputs back per request.
 
 A full queue answers 503 at once; a request whose timeout passes while queued answers 503 when it is dequeued.
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
 from .model import ModelVersion, Timing
 from .protocol import InferRequest, ProtocolError
@@ -68,19 +68,26 @@ class _Item:
 
 
 class Batcher:
-    """The scheduler of one model version. ``await submit(request, batch_size)`` returns its output arrays."""
+    """The scheduler of one model version. ``await submit(request, batch_size)`` returns its output arrays.
+
+    Each instance has its own engine thread that forms batches from the shared queue and runs them: a request
+    costs one wake-up of that thread (``Condition.notify``) and one of the event loop when the results come back
+    (``call_soon_threadsafe``), with no scheduling task or executor between them. The queue is guarded by a
+    condition; futures and statistics are touched only on the event loop."""
 
     def __init__(self, model: ModelVersion, policy: BatchPolicy, stats: ModelStats):
         self.model, self.policy, self.stats = model, policy, stats
+        self._loop = asyncio.get_running_loop()
         self._pending: deque[_Item] = deque()
-        self._wakeup = asyncio.Event()
-        self._running = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._running = 0  # batches in the engine threads, under _cond
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
-        n = len(model.sessions)
-        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"bushu-{model.name}")
-        self._workers = [asyncio.get_running_loop().create_task(self._work(i)) for i in range(n)]
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"bushu-{model.name}-{i}", daemon=True)
+                         for i in range(len(model.sessions))]
+        for t in self._threads:
+            t.start()
 
     @property
     def queue_depth(self) -> int:
@@ -99,22 +106,22 @@ class Batcher:
             raise Unavailable(f"model '{self.model.name}' is overloaded ({len(self._pending)} requests queued): retry later")
         key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(req.inputs.items())) if self.policy.merge else ()
         now = time.perf_counter_ns()
-        item = _Item(req, batch_size, key, asyncio.get_running_loop().create_future(), now, self._deadline(req, now))
-        self._pending.append(item)
+        item = _Item(req, batch_size, key, self._loop.create_future(), now, self._deadline(req, now))
         self._idle.clear()
-        self._wakeup.set()
+        with self._cond:
+            self._pending.append(item)
+            self._cond.notify()
         return await item.fut
 
-    def _take(self) -> list[_Item]:
-        """The oldest live request and the queued ones that stack with it, oldest first."""
+    # ------------------------------------------------------------ engine threads (hold _cond where it says so)
+
+    def _take(self, expired: list[_Item]) -> list[_Item]:
+        """Under _cond: the oldest live request and the queued ones that stack with it, oldest first; requests
+        whose timeout passed go to ``expired``."""
         now = time.perf_counter_ns()
         while self._pending and self._pending[0].deadline and self._pending[0].deadline < now:
-            it = self._pending.popleft()
-            self.stats.request(False, now - it.t_enq, now - it.t_enq)
-            it.fut.done() or it.fut.set_exception(Unavailable("the request timed out in the queue"))
+            expired.append(self._pending.popleft())
         if not self._pending:
-            if not self._running:
-                self._idle.set()
             return []
         head = self._pending.popleft()
         batch, size = [head], head.size
@@ -131,9 +138,6 @@ class Batcher:
         self._pending.extendleft(reversed(rest))
         return batch
 
-    def _put_back(self, items: list[_Item]) -> None:
-        self._pending.extendleft(reversed(items))
-
     def _cut_to_preferred(self, batch: list[_Item]) -> list[_Item]:
         size = sum(it.size for it in batch)
         fits = [p for p in self.policy.preferred if p <= size]
@@ -145,74 +149,94 @@ class Batcher:
                 break
             keep.append(it)
             n += it.size
-        self._put_back(batch[len(keep):])
+        self._pending.extendleft(reversed(batch[len(keep):]))
         return keep
 
-    async def _form(self) -> list[_Item]:
-        target = self.policy.max_batch_size
+    def _form(self) -> list[_Item] | None:
+        """The next batch to run (waiting up to the queue delay for a fuller one), or None once closing and empty."""
+        expired: list[_Item] = []
+        try:
+            with self._cond:
+                while True:
+                    batch = self._take(expired)
+                    if not batch:
+                        if self._closing:
+                            return None
+                        if expired:  # report them now, not after the next request arrives
+                            return []
+                        self._cond.wait()
+                        continue
+                    size = sum(it.size for it in batch)
+                    wait_ns = batch[0].t_enq + self.policy.max_queue_delay_ns - time.perf_counter_ns()
+                    if not self.policy.merge or size >= self.policy.max_batch_size or wait_ns <= 0 or self._closing:
+                        batch = self._cut_to_preferred(batch) if self.policy.preferred else batch
+                        self._running += 1
+                        return batch
+                    self._pending.extendleft(reversed(batch))
+                    self._cond.wait(wait_ns / 1e9)
+        finally:
+            if expired:
+                self._loop.call_soon_threadsafe(self._expire, expired)
+
+    def _work(self, instance: int) -> None:
         while True:
-            while not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            batch = self._take()
+            batch = self._form()
+            if batch is None:
+                return
             if not batch:
                 continue
-            size = sum(it.size for it in batch)
-            wait_ns = batch[0].t_enq + self.policy.max_queue_delay_ns - time.perf_counter_ns()
-            if not self.policy.merge or size >= target or wait_ns <= 0 or self._closing:
-                return self._cut_to_preferred(batch) if self.policy.preferred else batch
-            self._put_back(batch)
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), wait_ns / 1e9)
-            except TimeoutError:
-                pass
-            batch = self._take()
-            size = sum(it.size for it in batch)
-            if size >= target or batch[0].t_enq + self.policy.max_queue_delay_ns <= time.perf_counter_ns():
-                return self._cut_to_preferred(batch) if self.policy.preferred else batch
-            self._put_back(batch)
-
-    async def _work(self, instance: int) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._form()
-            self._running += 1
             t_start = time.perf_counter_ns()
             timing = Timing()
-            reqs = [it.req for it in batch]
             try:
-                results = await loop.run_in_executor(self._pool, self.model.execute, reqs, instance, timing)
-            except Exception as e:  # a bug in a handler must not kill the worker
+                results = self.model.execute([it.req for it in batch], instance, timing)
+            except Exception as e:  # a bug in a handler must not kill the engine thread
                 results = [e] * len(batch)
-            finally:
-                self._running -= 1
-            self.stats.execution(sum(it.size for it in batch), timing, len(batch))
-            now = time.perf_counter_ns()
-            for it, res in zip(batch, results):
-                ok = not isinstance(res, BaseException)
-                self.stats.request(ok, now - it.t_enq, t_start - it.t_enq)
-                if it.fut.done():  # the client went away
-                    continue
-                if ok:
-                    it.fut.set_result(res)
-                else:
-                    err = res if isinstance(res, ProtocolError) else ProtocolError(f"the engine rejected the request: {res}")
-                    it.fut.set_exception(err)
+            try:
+                self._loop.call_soon_threadsafe(self._finish, batch, results, timing, t_start)
+            except RuntimeError:  # the event loop is gone (process exit)
+                return
+
+    # ------------------------------------------------------------ event loop
+
+    def _check_idle(self) -> None:
+        with self._cond:
             if not self._pending and not self._running:
                 self._idle.set()
 
+    def _expire(self, items: list[_Item]) -> None:
+        now = time.perf_counter_ns()
+        for it in items:
+            self.stats.request(False, now - it.t_enq, now - it.t_enq)
+            it.fut.done() or it.fut.set_exception(Unavailable("the request timed out in the queue"))
+        self._check_idle()
+
+    def _finish(self, batch: list[_Item], results: list, timing: Timing, t_start: int) -> None:
+        with self._cond:
+            self._running -= 1
+        self.stats.execution(sum(it.size for it in batch), timing, len(batch))
+        now = time.perf_counter_ns()
+        for it, res in zip(batch, results):
+            ok = not isinstance(res, BaseException)
+            self.stats.request(ok, now - it.t_enq, t_start - it.t_enq)
+            if it.fut.done():  # the client went away
+                continue
+            if ok:
+                it.fut.set_result(res)
+            else:
+                err = res if isinstance(res, ProtocolError) else ProtocolError(f"the engine rejected the request: {res}")
+                it.fut.set_exception(err)
+        self._check_idle()
+
     async def close(self, timeout_s: float = 30.0) -> None:
         """Refuse new requests, let queued and running ones finish (up to ``timeout_s``), then stop."""
-        self._closing = True
-        self._wakeup.set()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             pass
-        for w in self._workers:
-            w.cancel()
-        for it in self._pending:
+        with self._cond:
+            left, self._pending = list(self._pending), deque()
+        for it in left:
             it.fut.done() or it.fut.set_exception(Unavailable(f"model '{self.model.name}' was unloaded"))
-        self._pending.clear()
-        self._pool.shutdown(wait=False)
