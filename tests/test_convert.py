@@ -155,3 +155,59 @@ def test_mnn_conversion_installs_nothing_and_opens_no_connection(ppocr_cls, tmp_
         text = trace.read_text()
         assert "AF_INET" not in text, [ln for ln in text.splitlines() if "AF_INET" in ln]
         assert "/pip" not in text and "pip install" not in text
+
+
+def _fill(nbytes: int):
+    def create(tmp: Path) -> None:
+        (tmp / "model.bin").write_bytes(b"\0" * nbytes)
+    return create
+
+
+def test_cache_is_bounded_least_recently_used_first(tmp_path, monkeypatch):
+    from bushu.convert import cache
+
+    monkeypatch.setenv("BUSHU_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("BUSHU_CACHE_MAX_GB", str(2.5e-6))  # 2,500 bytes: two 1,000-byte entries fit, not three
+    a = cache.get_or_create("ncnn", "a", _fill(1000))
+    b = cache.get_or_create("mnn", "b", _fill(1000))
+    os.utime(a, (1_000, 1_000))
+    os.utime(b, (2_000, 2_000))
+    assert cache.get_or_create("ncnn", "a", _fill(1)) == a  # a hit: nothing converted, its last use refreshed
+    assert (a / "model.bin").stat().st_size == 1000 and a.stat().st_mtime > 2_000
+    c = cache.get_or_create("ncnn", "c", _fill(1000))  # over the cap: b is the least recently used
+    assert a.is_dir() and c.is_dir() and not b.exists()
+    big = cache.get_or_create("mnn", "big", _fill(5000))  # alone over the cap: kept, every other entry goes
+    assert [e.path for e in cache.entries()] == [big]
+    assert not [p for p in tmp_path.rglob(".t*")]  # no temporary or trash folder left behind
+    monkeypatch.setenv("BUSHU_CACHE_MAX_GB", "lots")
+    with pytest.raises(BushuError, match="BUSHU_CACHE_MAX_GB"):
+        cache.max_bytes()
+
+
+def test_cache_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
+    from bushu.convert import cache
+
+    monkeypatch.setenv("BUSHU_CACHE_DIR", str(tmp_path))
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half.bin").write_bytes(b"\0" * 10)
+        raise ConversionError("ncnn", "refused")
+
+    with pytest.raises(ConversionError):
+        cache.get_or_create("ncnn", "k", broken)
+    assert not any((tmp_path / "convert" / "ncnn").iterdir())
+
+
+def test_cli_clear_cache(cli, ppocr_cls, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUSHU_CACHE_DIR", str(tmp_path))
+    open_session(ppocr_cls, "mnn")  # a real conversion into the cache
+    assert list((tmp_path / "convert" / "mnn").iterdir())
+    res = cli("convert", "--clear-cache", "--json")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["kind"] == "cache-cleared" and d["entries"] == 1 and d["bytes"] > 100_000
+    assert not list((tmp_path / "convert" / "mnn").iterdir())
+    both = cli("convert", ppocr_cls, "--clear-cache")
+    assert both.returncode == 2 and "alone" in both.stderr
+    nothing = cli("convert", ppocr_cls)
+    assert nothing.returncode == 2 and "--to" in nothing.stderr
