@@ -8,6 +8,7 @@ EXAMPLES = """\
   bushu optimize model.onnx -o out.onnx --level all --opset 17 --json
   bushu optimize model.onnx -o out.onnx --passes fold-constants,dead-code --verify end
   bushu optimize model.onnx -o out.onnx --skip fuse-gelu --input feeds.npz
+  bushu optimize rec.onnx -o rec.static.onnx --shape x:1x3x48x320     # fixed dims in the output: more folds
   bushu optimize --list
 """
 
@@ -33,6 +34,11 @@ def add_arguments(p):
     p.add_argument("--force", action="store_true", help="allow -o to overwrite the input")
     p.add_argument("--list", action="store_true", help="list the passes with one line each, and the levels")
     add_input_arguments(p)
+    for action in p._actions:  # --shape does more here than synthesize: say so in --help
+        if action.dest == "shape":
+            action.help = ("fix an input's shape (NAME:1x3x48x320) or a symbolic dim (DIM=8) in the OUTPUT model, as "
+                           "bushu edit --shape does, so shape-dependent folds fire; feeds are synthesized at it "
+                           "(repeatable)")
     add_report_argument(p)
 
 
@@ -45,12 +51,13 @@ def run(args):
         return catalog()
     if not args.model or not args.output:
         raise BushuError("give a model and an output: bushu optimize model.onnx -o model.opt.onnx (or --list)")
+    from ..inputs import parse_shape_args
     from ..passes import optimize
     from ..passes.registry import FOLD_SIZE_LIMIT
 
     _, result = optimize(
         args.model, args.output, level=args.level, passes=args.passes, skip=args.skip, verify=args.verify,
-        opset=args.opset, inputs=args.input, samples=args.samples,
+        opset=args.opset, static_shapes=parse_shape_args(args.shape), inputs=args.input, samples=args.samples,
         fold_size_limit=args.fold_limit or FOLD_SIZE_LIMIT, allow_invalid=args.allow_invalid,
         latency=not args.no_latency, force=args.force, show_progress=not args.quiet,
         **(input_kwargs(args) if args.input is None else {}),

@@ -9,7 +9,9 @@ pass is rolled back, named with the first divergent node, and the pipeline goes 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from collections.abc import Mapping
 
 import onnx
 import onnx_ir as ir
@@ -19,6 +21,7 @@ from .. import ir as bir
 from ..compare.metrics import Tolerance
 from ..engines.base import EngineOptions
 from ..errors import BushuError
+from ..inputs import check_feed
 from ..progress import progress
 from ..timing import Latency, measure
 from . import pipeline, registry
@@ -33,12 +36,13 @@ MAX_ROUNDS = 4
 VERIFY_EACH_LIMIT = 1 << 30  # bytes of weights; above it each pass would cost a full ORT load, so verify at the end
 
 
-def check_model(model: ir.Model) -> str | None:
-    """``onnx.checker`` full check (types and shapes too); the first line of its complaint, or None."""
-    import tempfile
-
+def check_model(model: ir.Model | str | os.PathLike) -> str | None:
+    """``onnx.checker`` full check (types and shapes too) of a model or of a file (read by the checker itself,
+    without a Python copy of the weights); the first line of its complaint, or None."""
     try:
-        if bir.weight_bytes(model) < bir.EXTERNAL_DATA_THRESHOLD:
+        if isinstance(model, (str, os.PathLike)):
+            onnx.checker.check_model(os.fspath(model), full_check=True)
+        elif bir.weight_bytes(model) < bir.EXTERNAL_DATA_THRESHOLD:
             onnx.checker.check_model(bir.to_proto(model), full_check=True)
         else:  # the checker reads a model over 2 GB only from a path
             with tempfile.TemporaryDirectory(prefix="bushu-check-") as d:
@@ -49,7 +53,7 @@ def check_model(model: ir.Model) -> str | None:
     return None
 
 
-def _latency(model: ir.Model, feed) -> Latency:
+def _latency(model: ir.Model | str, feed) -> Latency:
     sess = engines.open_session(model, "ort", EngineOptions(opt_level="all", threads=2))
     names = {s.name for s in sess.inputs}
     feed = {k: v for k, v in feed.items() if k in names}
@@ -76,6 +80,34 @@ def _run_step(name: str, work: ir.Model, ctx: PassContext, verifier: Verifier | 
     return work, Step(name, count, time.perf_counter() - t0, "rolled back", failure.reason, where)
 
 
+def _sweep(names: list[str], work: ir.Model, ctx: PassContext, verifier: Verifier | None, feeds,
+           show_progress: bool) -> tuple[ir.Model, list[Step]]:
+    """Run the pipeline to a fixed point: rounds over ``names`` until one keeps nothing (so optimizing the output
+    again is a no-op), at most ``MAX_ROUNDS``. A pass is skipped when it changed nothing at its last run and no
+    pass has changed the model since: it would change nothing again (passes are functions of the model). A pass
+    rolled back once is not retried: it is named once in the report."""
+    steps: list[Step] = []
+    generation = 0  # how many kept steps so far
+    clean: dict[str, int] = {}  # pass name -> the generation at which it last ran and changed nothing
+    for round_ in range(MAX_ROUNDS):
+        failed = {s.name for s in steps if s.status in ("rolled back", "crashed")}
+        todo = [n for n in names if n not in failed]
+        kept = 0
+        for pass_name in progress(todo, total=len(todo), desc=f"optimize round {round_ + 1}", enabled=show_progress):
+            if clean.get(pass_name) == generation:
+                continue
+            work, step = _run_step(pass_name, work, ctx, verifier, feeds)
+            steps.append(step)
+            if step.status == "kept":
+                generation += 1
+                kept += 1
+            elif step.status == "unchanged":
+                clean[pass_name] = generation
+        if not kept:
+            break
+    return work, steps
+
+
 def optimize(
     model: ir.Model | str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -85,6 +117,7 @@ def optimize(
     skip: str | list[str] | None = None,
     verify: str | None = None,
     opset: int | None = None,
+    static_shapes: Mapping[str, object] | None = None,
     inputs=None,
     samples: int = 3,
     tol: Tolerance = DEFAULT_TOL,
@@ -102,8 +135,11 @@ def optimize(
     ``each`` (default for weights under 1 GB), ``end`` or ``off``; verification feeds are ``inputs`` (a .npy/.npz
     path or folder, a feed, a list of feeds) or ``samples`` synthesized ones (``synth``: keywords of
     :func:`bushu.inputs.synthesize`). ``opset`` converts the model first (the fusions need 17/20/23).
-    ``latency`` measures ONNX Runtime (all optimizations, 2 threads) before and after. ``output`` saves the result
-    atomically (refusing to overwrite the input without ``force``).
+    ``static_shapes`` fixes dims in the output before the passes run, as ``bushu edit --shape`` does
+    (``{"x": (1, 3, 48, 320)}`` an input's whole shape, ``{"batch": 1}`` a symbolic dim everywhere), so folds
+    that need static shapes fire; the feeds are synthesized at those shapes. ``latency`` measures ONNX Runtime
+    (all optimizations, 2 threads) before and after. ``output`` saves the result atomically (refusing to
+    overwrite the input without ``force``).
     """
     t_start = time.perf_counter()
     src = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
@@ -112,55 +148,61 @@ def optimize(
     source = bir.source_path(src)
     if output is not None and source is not None and os.path.realpath(output) == str(source) and not force:
         raise BushuError(f"refusing to overwrite the input {output}: choose another output path or pass --force")
+    # The original as a file when we read it from one: the checker and ONNX Runtime read it themselves, without
+    # serializing the weights again (a model passed in memory may differ from the file it came from).
+    original: ir.Model | str = str(source) if isinstance(model, (str, os.PathLike)) and source else src
     verify = verify or ("each" if bir.weight_bytes(src) < VERIFY_EACH_LIMIT else "end")
     if verify not in ("each", "end", "off"):
         raise BushuError(f"unknown --verify '{verify}': choose each, end or off")
-    invalid = check_model(src)
+    invalid = check_model(original)
     if invalid and not allow_invalid:
         raise BushuError(f"{name} fails onnx.checker ({invalid}): fix the model, or pass --allow-invalid to "
                          "optimize it anyway")
-    feeds = make_feeds(src, inputs, samples, **synth) if (verify != "off" or latency) else []
-    verifier = Verifier(src, feeds, tol) if verify != "off" else None
     work = src.clone()
     work.meta.update({k: v for k, v in src.meta.items() if k != "bushu.path"})
+    edits = []  # what changed the model before the passes: fixed dims, opset conversion
+    if static_shapes:
+        from ..edit import set_dims  # bushu.edit imports this package
+
+        edits = [f"--shape: {e}" for e in set_dims(work, static_shapes)]
+        synth = {**synth, "shapes": {**dict(static_shapes), **(synth.get("shapes") or {})}}
+    feeds = make_feeds(src, inputs, samples, **synth) if (verify != "off" or latency) else []
+    if edits and inputs is not None:
+        specs, _ = engines.model_specs(work)
+        for f in feeds:
+            check_feed(f, specs, source="inputs (against the shapes --shape fixed)")
+    verifier = Verifier(original, feeds, tol) if verify != "off" else None  # runs the original on first use
     opset_before = src.opset_imports.get("", 1)
     if opset is not None and opset != opset_before:
         work = bir.convert_opset(work, opset)
+        edits.append(f"--opset: {opset_before} -> {opset}")
         failure = verifier.check(work) if verifier else None
         if failure:
             raise BushuError(f"converting to opset {opset} changed the outputs ({failure.reason}): keep the "
                              "model's opset")
     ctx = PassContext(PassOptions(fold_size_limit=fold_size_limit))
-    steps: list[Step] = []
-    # Rerun the pipeline until a round changes nothing, so optimizing the output again is a no-op (idempotent):
-    # a pass late in the list (shape inference, a fusion) can open work for one earlier in it.
-    # A pass rolled back once is not retried: it is named once in the report.
-    for round_ in range(MAX_ROUNDS):
-        kept = 0
-        failed = {s.name for s in steps if s.status in ("rolled back", "crashed")}
-        todo = [n for n in names if n not in failed]
-        for pass_name in progress(todo, total=len(todo), desc=f"optimize round {round_ + 1}", enabled=show_progress):
-            work, step = _run_step(pass_name, work, ctx, verifier if verify == "each" else None, feeds)
-            steps.append(step)
-            kept += step.status == "kept"
-        if not kept:
-            break
+    work, steps = _sweep(names, work, ctx, verifier if verify == "each" else None, feeds, show_progress)
     tidy(work)
-    verify_error = None
-    if verifier is not None:
-        failure = verifier.check(work)
-        verify_error = failure.reason if failure else None
-    checker_error = check_model(work) if not invalid else None
-    lat_before = _latency(src, feeds[0]) if latency else None
-    lat_after = _latency(work, feeds[0]) if latency else None
-    if output is not None:
-        bir.save(work, output, force=force)
+    # Saved once; the checker, the final check and the latency read that file (one serialization, not four).
+    with tempfile.TemporaryDirectory(prefix="bushu-opt-") as tmp:
+        written = bir.save(work, output if output is not None else os.path.join(tmp, "model.onnx"), force=force)
+        verify_error = None
+        if verifier is not None:
+            if edits or any(s.status == "kept" for s in steps):
+                failure = verifier.check(str(written))
+                verify_error = failure.reason if failure else None
+            else:
+                ctx.note("verify: no pass changed the model: the output is the input graph, not run again")
+        checker_error = check_model(written) if not invalid else None
+        lat_before = _latency(original, feeds[0]) if latency else None
+        lat_after = _latency(str(written), feeds[0]) if latency else None
     result = OptimizeResult(
         model=name, output=str(output) if output is not None else None, level=level if not passes else "custom",
         verify=verify, opset_before=opset_before, opset_after=work.opset_imports.get("", 1),
         nodes_before=op_counts(src), nodes_after=op_counts(work), initializer_bytes_before=initializer_bytes(src),
         initializer_bytes_after=initializer_bytes(work), steps=tuple(steps),
-        notes=tuple(f"{t} (x{n})" if n > 1 else t for t, n in sorted(ctx.notes.items())),
+        notes=tuple([*(e for e in edits if e.startswith("--shape")),
+                     *(f"{t} (x{n})" if n > 1 else t for t, n in sorted(ctx.notes.items()))]),
         checker_error=checker_error, verify_error=verify_error, latency_before=lat_before, latency_after=lat_after,
         seconds=time.perf_counter() - t_start,
     )

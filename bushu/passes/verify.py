@@ -74,25 +74,37 @@ def make_feeds(model: ir.Model, inputs=None, samples: int = 3, **synth) -> list[
     return synthesize_many(specs, samples, **synth)
 
 
-def run_ort(model: ir.Model, feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
+def run_ort(model: ir.Model | str, feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
+    """Outputs of ``model`` (in memory, or a file ONNX Runtime reads itself) on each feed, ORT optimizations off."""
     sess = engines.open_session(model, "ort", _RUN_OPTIONS)
     names = {s.name for s in sess.inputs}
     return [sess.run({k: v for k, v in f.items() if k in names}) for f in feeds]
 
 
 class Verifier:
-    def __init__(self, original: ir.Model, feeds: Sequence[Feed], tol: Tolerance = DEFAULT_TOL):
+    """The original's outputs on ``feeds`` (computed at the first :meth:`check`: a run that changes nothing
+    needs no reference), and the check of a candidate against them. Models may be given as file paths."""
+
+    def __init__(self, original: ir.Model | str, feeds: Sequence[Feed], tol: Tolerance = DEFAULT_TOL):
+        self.original = original
         self.feeds = list(feeds)
         self.tol = tol
-        self.reference = run_ort(original, self.feeds)
+        self._reference: list[dict[str, np.ndarray]] | None = None
 
-    def check(self, candidate: ir.Model) -> Failure | None:
+    @property
+    def reference(self) -> list[dict[str, np.ndarray]]:
+        if self._reference is None:
+            self._reference = run_ort(self.original, self.feeds)
+        return self._reference
+
+    def check(self, candidate: ir.Model | str) -> Failure | None:
         """None when ``candidate`` runs and every output of every feed is within tolerance of the original."""
+        reference = self.reference
         try:
             outs = run_ort(candidate, self.feeds)
         except BushuError as e:
             return Failure(str(e))
-        for ref, got in zip(self.reference, outs):
+        for ref, got in zip(reference, outs):
             for name, expected in ref.items():
                 if name not in got:
                     return Failure(f"output '{name}' is gone", name)
