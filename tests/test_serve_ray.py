@@ -1,9 +1,12 @@
-"""``bushu serve --ray`` on a local Ray instance with one replica: tritonclient.http gets the same answers as
-ONNX Runtime in-process, and errors keep their status codes."""
+"""``bushu serve --ray`` on a local Ray instance with one replica: tritonclient.http and tritonclient.grpc get the
+same answers as ONNX Runtime in-process, errors keep their status codes, and /metrics counts what was served."""
 
 from __future__ import annotations
 
+import re
 import socket
+import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from bushu.serve.process import ServerProcess
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed (pip install 'bushu[ray]')")
 tritonhttp = pytest.importorskip("tritonclient.http")
+tritongrpc = pytest.importorskip("tritonclient.grpc")
 
 CLS_OUT = "save_infer_model/scale_0.tmp_1"
 
@@ -51,3 +55,38 @@ def test_ray_serve_answers_like_in_process(ray_server, ppocr_cls):
         client.infer("cls", [bad])
     assert e.value.status() == "400" and "shape" in e.value.message()
     assert client.get_inference_statistics("cls")["model_stats"][0]["inference_count"] == 2
+
+
+def test_ray_serve_grpc_and_metrics(ray_server, ppocr_cls):
+    client = tritongrpc.InferenceServerClient(ray_server.grpc)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("cls")
+    assert client.get_model_metadata("cls", as_json=True)["inputs"][0]["shape"] == ["-1", "3", "-1", "-1"]
+    x = np.random.default_rng(1).random((3, 3, 48, 192), dtype=np.float32)
+    t = tritongrpc.InferInput("x", list(x.shape), "FP32")
+    t.set_data_from_numpy(x)
+    got = client.infer("cls", [t]).as_numpy(CLS_OUT)
+    want = engines.open_session(str(ppocr_cls), "ort").run({"x": x})[CLS_OUT]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(tritongrpc.InferenceServerException) as e:
+        client.infer("nope", [t])
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+    bad = tritongrpc.InferInput("x", [1, 3, 48], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3, 48), np.float32))
+    with pytest.raises(tritongrpc.InferenceServerException) as e:
+        client.infer("cls", [bad])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "shape" in e.value.message()
+    stats = client.get_inference_statistics("cls", as_json=True)["model_stats"][0]
+    # the HTTP test's batch of 2 (when it ran first) and this batch of 3, on the one replica
+    assert int(stats["inference_count"]) in (3, 5)
+    want_count = int(stats["inference_count"])
+    text, t_end = "", time.monotonic() + 10  # replicas report every second
+    while time.monotonic() < t_end:
+        text = urllib.request.urlopen(ray_server.metrics, timeout=10).read().decode()
+        m = re.search(r'^nv_inference_count\{model="cls",version="1"\} (\d+)$', text, re.M)
+        if m and int(m.group(1)) == want_count:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"/metrics never counted {want_count} inferences:\n{text[:2000]}")
+    assert re.search(r'^nv_inference_request_failure\{model="cls",version="1"\} [1-9]', text, re.M)
+    assert 'bushu_batch_size_bucket{model="cls",version="1",le="+Inf"}' in text

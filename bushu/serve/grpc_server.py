@@ -171,6 +171,38 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self._call(context, go)
 
 
+class _Aborted(Exception):
+    def __init__(self, code, details: str):
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _Context:
+    """The part of ``grpc.aio.ServicerContext`` the :class:`Servicer` uses, for calls that arrive as bytes."""
+
+    def __init__(self, metadata):
+        self._metadata = tuple(metadata)
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    async def abort(self, code, details: str):
+        raise _Aborted(code, details)
+
+
+async def invoke(servicer: Servicer, method: str, request: bytes, metadata=()) -> tuple[str, bytes | str]:
+    """Run ``servicer.<method>`` on a serialized request, as a gRPC server would (for a process that forwards gRPC
+    calls, such as the ``--ray`` front). Returns ``("", serialized response)`` or ``(status code name, message)``."""
+    handler = getattr(servicer, method, None)
+    if handler is None or not hasattr(service_pb2, f"{method}Request"):
+        return "UNIMPLEMENTED", f"no gRPC method {method}"
+    try:
+        response = await handler(getattr(service_pb2, f"{method}Request").FromString(request), _Context(metadata))
+    except _Aborted as e:
+        return e.code.name, e.details
+    return "", response.SerializeToString()
+
+
 async def start(manager: ModelManager, host: str, port: int, *, model_control: bool, token: str | None,
                 max_message_bytes: int):
     """Start the gRPC server on the running loop; returns ``(server, bound port)``."""

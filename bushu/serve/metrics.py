@@ -9,7 +9,10 @@ add, which is why the text is written here. ``bushu_batch_size`` (a histogram of
 
 from __future__ import annotations
 
+import dataclasses
+
 from .manager import ModelManager
+from .stats import ModelStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Triton's counter name -> (help, what it counts: a ModelStats durations key or attribute, ns divisor)
@@ -44,21 +47,42 @@ def _value(stats, key: str, div: int | None) -> float:
     return getattr(stats, key)
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """What /metrics shows of one model version: its statistics and its queue depth now."""
+
+    model: str
+    version: str
+    stats: ModelStats
+    queue_depth: int
+
+
+def rows(manager: ModelManager) -> list[Row]:
+    """One :class:`Row` per loaded model version of ``manager``."""
+    return [Row(n, v, lv.stats, lv.scheduler.queue_depth)
+            for n, e in list(manager.entries.items()) for v, lv in list(e.versions.items())]
+
+
 def exposition(manager: ModelManager) -> bytes:
     """The Prometheus text exposition (format 0.0.4) of every loaded model version of ``manager``."""
-    versions = [(f'model="{_escape(n)}",version="{_escape(v)}"', lv)
-                for n, e in list(manager.entries.items()) for v, lv in list(e.versions.items())]
+    return render(rows(manager))
+
+
+def render(model_rows: list[Row]) -> bytes:
+    """The Prometheus text exposition (format 0.0.4) of ``model_rows`` (from one server, or summed over Ray
+    replicas)."""
+    versions = [(f'model="{_escape(r.model)}",version="{_escape(r.version)}"', r) for r in model_rows]
     lines = []
     for metric, (help_, key, div) in COUNTERS.items():
         lines += [f"# HELP {metric} {help_}", f"# TYPE {metric} counter"]
-        lines += [f"{metric}{{{lab}}} {_value(lv.stats, key, div)}" for lab, lv in versions]
+        lines += [f"{metric}{{{lab}}} {_value(r.stats, key, div)}" for lab, r in versions]
     lines += ["# HELP nv_inference_pending_request_count Instantaneous number of pending requests awaiting execution",
               "# TYPE nv_inference_pending_request_count gauge"]
-    lines += [f"nv_inference_pending_request_count{{{lab}}} {lv.scheduler.queue_depth}" for lab, lv in versions]
+    lines += [f"nv_inference_pending_request_count{{{lab}}} {r.queue_depth}" for lab, r in versions]
     lines += ["# HELP bushu_batch_size Batch sizes the model executed (items per engine run)",
               "# TYPE bushu_batch_size histogram"]
-    for lab, lv in versions:
-        counts = {bs: b[0] for bs, b in lv.stats.batches.items()}
+    for lab, r in versions:
+        counts = {bs: b[0] for bs, b in r.stats.batches.items()}
         for edge in BATCH_BUCKETS:
             lines.append(f'bushu_batch_size_bucket{{{lab},le="{edge}"}} {sum(c for bs, c in counts.items() if bs <= edge)}')
         lines.append(f'bushu_batch_size_bucket{{{lab},le="+Inf"}} {sum(counts.values())}')

@@ -48,6 +48,23 @@ class ModelStats:
         if queue_ns is not None:
             self._add("queue", queue_ns)
 
+    @classmethod
+    def total(cls, parts: list[ModelStats]) -> ModelStats:
+        """The sum of several replicas' statistics of one model version (``last_inference`` is the latest)."""
+        out = cls()
+        for p in parts:
+            out.inference_count += p.inference_count
+            out.execution_count += p.execution_count
+            out.last_inference_ms = max(out.last_inference_ms, p.last_inference_ms)
+            for k, (n, ns) in p.durations.items():
+                out.durations[k][0] += n
+                out.durations[k][1] += ns
+            for bs, b in p.batches.items():
+                mine = out.batches.setdefault(bs, [0, 0, 0, 0])
+                for i, v in enumerate(b):
+                    mine[i] += v
+        return out
+
     def to_json(self, name: str, version: str) -> dict:
         """One ``model_stats`` entry of Triton's ``GET /v2/models/{m}/stats``."""
         def d(count, ns):
