@@ -171,3 +171,22 @@ def test_unknown_pass_lists_the_known_ones():
     with pytest.raises(bushu.BushuError, match="unknown pass 'fold-everything'.*fold-constants"):
         bushu.optimize(ir.from_onnx_text(HEAD + "g (float[2] x) => (float[2] y) { y = Relu (x) }"),
                        passes="fold-everything", latency=False)
+
+
+def test_neutral_tensors_and_unsqueeze_chains():
+    before, after, result = optimize("""
+    g (float[N, 3, 4] x, int64[N] i) => (float[N, 3, 4] y, float[1, N, 3, 4] z, int64[1, N, 1, 1] u)
+      <float[4] one = {1, 1, 1, 1}, float[3, 1] zero = {0, 0, 0}, float[1, 1, 1, 1] wide = {1},
+       float eps = {1e-12}, int64[2] a1 = {0, 2}, int64[1] a2 = {-1}> {
+      r = Relu (x)
+      m = Mul (r, one)
+      y = Add (zero, m)
+      w = Mul (x, wide)
+      z = Add (w, eps)
+      t = Unsqueeze (i, a1)
+      u = Unsqueeze (t, a2)
+    }""", "shape-inference", "eliminate-no-ops", "dead-code")
+    # x*ones and zeros+x go; the ones that widen the shape stay, and so does +1e-12 (not zero)
+    assert ops(after) == ["Relu", "Mul", "Add", "Unsqueeze"]
+    assert list(after.graph.node(3).inputs[1].const_value.numpy()) == [0, 2, 3]
+    same_outputs(before, after)

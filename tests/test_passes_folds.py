@@ -114,3 +114,60 @@ def test_constant_chains():
     assert after.graph.node(1).inputs[1].const_value.numpy() == 12
     assert result.fired["constant-chains"] == 2
     same_outputs(before, after)
+
+
+def test_fold_batchnorm_after_matmul_rank2_and_left_weight_rank3():
+    before, after, result = optimize("""
+    g (float[N, 4] x, float[N, 3, 5] z) => (float[N, 3] y, float[N, 2, 5] y3)
+      <float[4, 3] w = {1, -2, 3, 0.5, 1, -1, 2, 0, 1, -3, 1, 2}, float[2, 3] wl = {1, 2, -1, 0.5, 3, -2},
+       float[3] s = {1.5, 0.5, 2.0}, float[3] o = {0.1, -0.2, 0.3}, float[3] m = {0.05, 0.1, -0.1},
+       float[3] v = {1.0, 2.0, 0.5}, float[2] s2 = {0.7, 1.3}, float[2] o2 = {0.2, -0.1}, float[2] m2 = {0.3, -0.4},
+       float[2] v2 = {0.9, 1.1}> {
+      c = MatMul (x, w)
+      y = BatchNormalization <epsilon = 0.001> (c, s, o, m, v)
+      c3 = MatMul (wl, z)
+      y3 = BatchNormalization (c3, s2, o2, m2, v2)
+    }""", "shape-inference", "fold-batchnorm", "dead-code")
+    assert ops(after) == ["MatMul", "Add", "MatMul", "Add"]
+    assert result.fired["fold-batchnorm"] == 2
+    same_outputs(before, after)
+
+
+def test_fold_batchnorm_leaves_a_channel_the_weight_does_not_own():
+    _, after, _ = optimize("""
+    g (float[N, 3, 4] x) => (float[N, 3, 2] y) <float[4, 2] w = {1, 2, 3, 4, 5, 6, 7, 8}, float[3] s = {1.5, 0.5, 2.0},
+       float[3] o = {0.1, -0.2, 0.3}, float[3] m = {0.05, 0.1, -0.1}, float[3] v = {1.0, 2.0, 0.5}> {
+      c = MatMul (x, w)
+      y = BatchNormalization (c, s, o, m, v)
+    }""", "shape-inference", "fold-batchnorm")
+    assert "BatchNormalization" in ops(after)  # axis 1 is x's rows, not a column of w
+
+
+POOL = """
+    g (float[N, 2, 6, 6] x) => (float[N, 2, P, Q] y) <int64[8] p = {0, 0, 1, 1, 0, 0, 1, 1}%s> {
+      %s
+      q = Pad (a, p%s)
+      y = %s <kernel_shape = [3, 3], strides = [2, 2]%s> (q)
+    }"""
+
+
+def test_fold_pad_into_pools():
+    cases = [  # (extra initializers, producer of a, pad value input, pool, pool attributes)
+        ("", "a = Relu (x)", "", "MaxPool", ""),
+        (", float ninf = {-inf}", "a = Identity (x)", ", ninf", "MaxPool", ""),
+        ("", "a = Identity (x)", "", "AveragePool", ", count_include_pad = 1"),
+        ("", "a = Identity (x)", "", "AveragePool", ""),  # no pads of its own: counting them changes nothing
+    ]
+    for case in cases:
+        before, after, result = optimize(POOL % case, "fold-pad", "eliminate-no-ops", "dead-code")
+        assert ops(after) in (["Relu", case[3]], [case[3]]), case
+        assert list(after.graph.node(len(after.graph) - 1).attributes["pads"].as_ints()) == [1, 1, 1, 1]
+        same_outputs(before, after)
+
+
+def test_fold_pad_refuses_a_zero_pad_before_maxpool_on_signed_input():
+    _, after, result = optimize(POOL % ("", "a = Identity (x)", "", "MaxPool", ""), "fold-pad")
+    assert "Pad" in ops(after)
+    assert any("neither -inf nor zero on a non-negative input" in n for n in result.notes), result.notes
+    _, after, result = optimize(POOL % ("", "a = Identity (x)", "", "AveragePool", ", ceil_mode = 1"), "fold-pad")
+    assert "Pad" in ops(after) and any("ceil_mode=1" in n for n in result.notes), result.notes

@@ -7,8 +7,12 @@
       ==   LayerNormalization(x, scale, bias, axis=-k, epsilon=eps)
 
 Refused when the two reductions differ or are not over the trailing dims, keepdims is off, the exponent is
-not 2, eps/scale/bias are not constants, or scale/bias don't fit the normalized dims. A second rule folds a
-constant Add after a bias-less LayerNormalization into its bias.
+not 2, eps/scale/bias are not constants, or scale/bias don't fit the normalized dims.
+
+Where the scale and bias are gone (``eliminate-no-ops`` removes a Mul by ones and an Add of zeros), a second run
+matches the bare ``d / Sqrt(var + eps)`` and writes ``LayerNormalization(x, ones)`` (the normalized dims must be
+static); then a constant Mul or Add right after a LayerNormalization is folded into its scale and bias
+(``LN(x, s, b) * c == LN(x, s*c, b*c)``, ``LN(x, s, b) + c == LN(x, s, b + c)``, c fitting the normalized dims).
 """
 
 from __future__ import annotations
@@ -84,6 +88,85 @@ class LayerNorm(base.Fusion):
         return op.LayerNormalization(x, s, b, axis=-k, epsilon=base.scalar(eps))
 
 
+class BareLayerNorm(LayerNorm):
+    reciprocal = False  # onnxscript can't match alternatives at a pattern's root: one class per form
+
+    def pattern(self, op, x, two, eps):
+        mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
+        d = op.Sub(x, mean)
+        sq = pattern.OrValue([op.Pow(d, two), op.Mul(d, d)])
+        var = op.ReduceMean(sq, _allow_other_inputs=True, _outputs=["var"])
+        std = op.Sqrt(op.Add(var, eps))
+        return op.Mul(d, op.Reciprocal(std)) if self.reciprocal else op.Div(d, std)
+
+    def refuse(self, context, x, two, eps, mean, var, **_):
+        one = ir.Value(const_value=ir.tensor(np.ones((), np.float32)))
+        why = super().refuse(context, x=x, two=two, eps=eps, scale=one, bias=one, mean=mean, var=var)
+        if why:
+            return why
+        dims = list(x.shape)[-self._k:]
+        if not all(isinstance(d, int) for d in dims):
+            return "the normalized dims are not static (no scale to write)"
+        self._dims = dims
+        return None
+
+    def replace(self, op, x, eps, **_):
+        dtype = x.dtype.numpy()
+        s = op.initializer(ir.tensor(np.ones(self._dims, dtype)), self.fresh_name("ln_scale"))
+        return op.LayerNormalization(x, s, axis=-self._k, epsilon=base.scalar(eps))
+
+
+class BareLayerNormReciprocal(BareLayerNorm):
+    reciprocal = True
+
+
+class _Affine(base.Fusion):
+    """A constant Mul/Add after a LayerNormalization folded into its scale and bias."""
+
+    op_type, since = "LayerNormalization", 17
+
+    def refuse(self, context, x, scale, c, ln, **_):
+        node = ln.producer()
+        k = -node.attributes.get_int("axis", -1)
+        s, cv = const(scale), const(c)
+        b = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        if k <= 0 or s is None or cv is None or s.ndim != k or not _fits(cv, k) or len(node.outputs) > 1:
+            return "the added/multiplied value is not a constant that fits the normalized dims"
+        if (len(node.inputs) > 2 and node.inputs[2] is not None and b is None) or cv.dtype != s.dtype:
+            return "the bias is not constant or the types differ"
+        cv = np.broadcast_to(cv.reshape(cv.shape[max(0, cv.ndim - k):]), s.shape)
+        if cv.shape != s.shape:
+            return "the constant would broadcast beyond the normalized dims"
+        self._s, self._b, self._c, self._k, self._eps = s, b, cv, k, node.attributes.get_float("epsilon", 1e-5)
+        return None
+
+    def _write(self, op, x, s, b):
+        s = op.initializer(ir.tensor(np.ascontiguousarray(s)), self.fresh_name("ln_scale"))
+        b = op.initializer(ir.tensor(np.ascontiguousarray(b)), self.fresh_name("ln_bias"))
+        return op.LayerNormalization(x, s, b, axis=-self._k, epsilon=self._eps)
+
+
+class LayerNormMul(_Affine):
+    def pattern(self, op, x, scale, c):
+        return op.Mul(op.LayerNormalization(x, scale, _allow_other_inputs=True, _outputs=["ln"]), c)
+
+    def replace(self, op, x, **_):
+        b = np.zeros_like(self._s) if self._b is None else self._b
+        return self._write(op, x, self._s * self._c, b * self._c)
+
+
+class LayerNormAdd(_Affine):
+    def pattern(self, op, x, scale, c):
+        return op.Add(op.LayerNormalization(x, scale, _allow_other_inputs=True, _outputs=["ln"]), c)
+
+    def replace(self, op, x, **_):
+        b = np.zeros_like(self._s) if self._b is None else self._b
+        return self._write(op, x, self._s, b + self._c)
+
+
 @register("fuse-layernorm", "LayerNormalization (opset 17) from ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add", "fusion")
 def run(model: ir.Model, ctx: PassContext) -> int:
-    return base.apply(model, ctx, "fuse-layernorm", [LayerNorm], {"ReduceMean"})
+    count = base.apply(model, ctx, "fuse-layernorm", [LayerNorm], {"ReduceMean"})
+    count += base.apply(model, ctx, "fuse-layernorm", [BareLayerNorm, BareLayerNormReciprocal],
+                        {"ReduceMean"})
+    return count + base.apply(model, ctx, "fuse-layernorm", [LayerNormMul, LayerNormAdd], {"LayerNormalization"})
