@@ -1,11 +1,18 @@
-"""``bushu.reduce``: shrink a model to the smallest subgraph that still shows a mismatch between two engines.
+"""``bushu.reduce``: shrink a mismatch to the smallest subgraph that still shows it.
 
-Like Polygraphy's ``debug reduce``, but starting where the mismatch starts: both engines run the model with its
-intermediate tensors exposed (:mod:`bushu.compare.layerwise`), the first divergent node is found, and the subgraph
-from that node's inputs to its outputs is cut out (:func:`bushu.edit.extract`) and fed with the reference engine's
-values there. When that alone does not mismatch (the error needs more context: a fusion across several nodes),
-the cut moves one producer further up each step until it does. The reduced model and the inputs that reproduce
-the mismatch are written side by side.
+Two ways to get a mismatch, one procedure (like Polygraphy's ``debug reduce``, but starting where it starts):
+
+- one model on two engines (``engines=("ort", "openvino")``): the second engine is judged against the first;
+- two models on one engine (``candidate=B``, e.g. an original and its optimized or quantized version): ``B`` is
+  judged against ``model``; with two engines, ``model`` runs on the first and ``B`` on the second.
+
+Both sides run with their intermediate tensors exposed (:mod:`bushu.compare.layerwise`); tensors are matched by
+name (two models must keep their tensor names — a rewrite that renames everything can't be mapped, and is refused
+with a hint). The first divergent node is found, and the subgraph from that node's compared inputs to its outputs
+is cut out of each model (:func:`bushu.edit.extract`) and fed with the reference's values there. When that alone
+does not mismatch (the error needs more context: a fusion across several nodes), the cut moves one producer
+further up each step until it does. The reduced model(s) and the inputs that reproduce the mismatch are written
+side by side: ``<output>``, for two models also ``<output stem>.candidate.onnx``, and ``<output stem>.inputs.npz``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from . import engines as _engines
 from . import ir as bir
 from .compare import layerwise
 from .compare.metrics import Tolerance, diff
+from .compare.signature import check_signatures
 from .edit import extract
 from .errors import BushuError
 from .passes.verify import make_feeds
@@ -44,18 +52,30 @@ class ReduceResult(Result):
     mismatch: str | None  # the reduced model's failing output, with its metrics
     output: str | None
     inputs: str | None
+    candidate: str | None = None  # the second model, when two were given
+    candidate_output: str | None = None  # its reduced part
+    matched: str | None = None  # how many of the candidate's tensors were found in the reference by name
 
     def __bool__(self) -> bool:
         return self.output is not None
 
-    def __str__(self) -> str:
+    def _sides(self) -> str:
         a, b = self.engines
+        if self.candidate is None:
+            return f"{a} and {b}"
+        return f"{self.model} on {a} and {self.candidate} on {b}"
+
+    def __str__(self) -> str:
         if self.first_divergence is None:
-            return f"{self.model}: {a} and {b} agree within tolerance: nothing to reduce"
+            return f"{self._sides()} agree within tolerance: nothing to reduce"
         if self.output is None:
-            return f"{self.model}: {self.first_divergence}, but no subgraph reproduced it alone"
-        return (f"{self.model}: {self.first_divergence}; reduced {self.nodes_before} -> {self.nodes_after} nodes, "
-                f"written to {self.output} with inputs {self.inputs} ({self.mismatch})")
+            return f"{self._sides()}: {self.first_divergence}, but no subgraph reproduced it alone"
+        written = self.output + (f" and {self.candidate_output}" if self.candidate_output else "")
+        return (f"{self._sides()}: {self.first_divergence}; reduced {self.nodes_before} -> {self.nodes_after} nodes, "
+                f"written to {written} with inputs {self.inputs} ({self.mismatch})")
+
+    def render(self) -> str:
+        return str(self) + (f"\n  tensors matched by name: {self.matched}" if self.matched else "")
 
 
 def _run(model: ir.Model, engine: str, feed) -> dict[str, np.ndarray]:
@@ -83,51 +103,109 @@ def _widen(model: ir.Model, boundary: set[str], known: set[str]) -> set[str]:
     return wider
 
 
+def _load(model) -> ir.Model:
+    return bir.load(model) if isinstance(model, (str, os.PathLike)) else model
+
+
+def _label(model: ir.Model) -> str:
+    return str(model.meta.get("bushu.path") or model.graph.name or "model")
+
+
+def _matched(ref: layerwise.Exposed, cand: layerwise.Exposed, outputs: set[str]) -> tuple[set[str], str]:
+    """The candidate's exposed tensors that the reference has under the same name and type; refuses (one line,
+    with a hint) when none of the intermediate ones (not in ``outputs``) does: the two models' nodes can't be
+    mapped."""
+    ref_types = {v.name: v.dtype for v in ref.model.graph.outputs}
+    cand_types = {v.name: v.dtype for v in cand.model.graph.outputs}
+    common = {n for n in cand.tensors if ref_types.get(n) == cand_types[n]}
+    inner = [n for n in cand.tensors if n not in outputs]
+    if inner and not any(n in common for n in inner):
+        raise BushuError(f"the two models share no intermediate tensor name ({len(inner)} in the candidate, e.g. "
+                         f"'{inner[0]}'), so their nodes can't be mapped: reduce two models whose tensors keep their "
+                         "names (an original and its optimized/quantized version), or one model on two engines")
+    return common, f"{len(common)} of {len(cand.tensors)}"
+
+
 def reduce(
     model: ir.Model | str | os.PathLike,
     output: str | os.PathLike,
     *,
-    engines: tuple[str, str] = ("ort", "openvino"),
+    candidate: ir.Model | str | os.PathLike | None = None,
+    engines: tuple[str, ...] | None = None,
     inputs=None,
     tol: Tolerance = DEFAULT_TOL,
     force: bool = False,
     **synth,
 ) -> tuple[ir.Model | None, ReduceResult]:
-    """Find the first node where ``engines[1]`` departs from ``engines[0]`` (the reference) and write the smallest
-    subgraph around it that still departs, with the inputs that show it (``<output>.inputs.npz``)."""
-    if len(engines) != 2:
-        raise BushuError("--engines takes two engines: the reference first, e.g. ort,openvino")
-    src = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
-    name = str(src.meta.get("bushu.path") or src.graph.name or "model")
+    """Find the first node where the candidate departs from the reference and write the smallest subgraph around
+    it that still departs, with the inputs that show it (``<output stem>.inputs.npz``).
+
+    One model: ``engines`` names two engines, the reference first (default ``ort,openvino``). Two models
+    (``candidate``): ``model`` is the reference, both run on ``engines[0]`` (default ``ort``), or ``model`` on the
+    first engine and ``candidate`` on the second. Returns the reduced candidate-side model (or None)."""
+    engines = tuple(engines) if engines else (("ort",) if candidate is not None else ("ort", "openvino"))
+    if candidate is None and len(engines) != 2:
+        raise BushuError("give two engines (the reference first, e.g. --engines ort,openvino) or a second model")
+    if not 1 <= len(engines) <= 2:
+        raise BushuError(f"give one or two engines, not {len(engines)}: e.g. --engines ort")
+    ref_engine, cand_engine = engines[0], engines[-1]
+    src = _load(model)
+    cand = _load(candidate) if candidate is not None else src
     output = Path(output)
-    if output.exists() and not force:
-        raise BushuError(f"{output} exists: choose another path or pass --force")
+    cand_output = output.with_name(output.stem + ".candidate.onnx") if candidate is not None else None
+    for path in (output, cand_output):
+        if path is not None and path.exists() and not force:
+            raise BushuError(f"{path} exists: choose another path or pass --force")
+    if cand is not src:
+        check_signatures(*_engines.model_specs(src), *_engines.model_specs(cand))
     feed = make_feeds(src, inputs, samples=1, **synth)[0]
-    exposed = layerwise.expose(src)
-    ref, got = _run(exposed.model, engines[0], feed), _run(exposed.model, engines[1], feed)
-    known = {n for n in exposed.tensors if n in ref and n in got}
+    exp_ref = layerwise.expose(src)
+    exp_cand = layerwise.expose(cand) if cand is not src else exp_ref
+    known, matched = (_matched(exp_ref, exp_cand, {v.name for v in cand.graph.outputs}) if cand is not src
+                      else (set(exp_ref.tensors), None))
+    ref, got = _run(exp_ref.model, ref_engine, feed), _run(exp_cand.model, cand_engine, feed)
+    known = {n for n in known if n in ref and n in got}
     passed = {}
     for n in known:
         scale = float(np.max(np.abs(ref[n]), initial=0.0)) if ref[n].dtype.kind == "f" else 1.0
         passed[n] = bool(diff(got[n], ref[n], name=n, tol=tol.scaled(scale)))
-    div = layerwise.first_divergence(exposed.model.graph, passed)
-    n_before = len(src.graph)
+    div = layerwise.first_divergence(exp_cand.model.graph, passed)
+    n_before = len(cand.graph)
+    names = {"model": _label(src), "engines": (ref_engine, cand_engine),
+             "candidate": _label(cand) if cand is not src else None, "matched": matched}
     if div is None:
-        return None, ReduceResult(name, tuple(engines), None, n_before, None, None, None, None)
+        return None, ReduceResult(first_divergence=None, nodes_before=n_before, nodes_after=None, mismatch=None,
+                                  output=None, inputs=None, **names)
+    if cand is not src:
+        nodes = {n.name: n for n in exp_cand.model.graph}
+        if div.node in nodes:
+            div = dataclasses.replace(div, changed_weights=layerwise.changed_weights(
+                nodes[div.node], exp_ref.model.graph, exp_cand.model.graph))
     values = {**feed, **ref}
-    graph_inputs = {v.name for v in src.graph.inputs}
+    graph_inputs = {v.name for v in cand.graph.inputs}
     boundary = set(div.inputs) or graph_inputs
     for _ in range(MAX_STEPS):
-        part = src.clone()
-        extract(part, sorted(boundary - graph_inputs), list(div.outputs))
-        part_feed = {v.name: np.asarray(values[v.name]) for v in part.graph.inputs}
-        why = _mismatch(_run(part, engines[1], part_feed), _run(part, engines[0], part_feed), tol)
+        cut = sorted(boundary - graph_inputs)
+        part_ref, part_cand = src.clone(), cand.clone()
+        extract(part_ref, cut, list(div.outputs))
+        if cand is not src:
+            extract(part_cand, cut, list(div.outputs))
+        else:
+            part_cand = part_ref
+        part_feed = {v.name: np.asarray(values[v.name])
+                     for v in [*part_ref.graph.inputs, *part_cand.graph.inputs] if v.name in values}
+        why = _mismatch(_run(part_cand, cand_engine, part_feed), _run(part_ref, ref_engine, part_feed), tol)
         if why:
-            bir.save(part, output, force=force)
-            npz = save_npz(output.with_suffix(".inputs.npz"), part_feed)
-            return part, ReduceResult(name, tuple(engines), str(div), n_before, len(part.graph), why, str(output), npz)
-        wider = _widen(src, boundary, known)
+            bir.save(part_ref, output, force=force)
+            if cand_output is not None:
+                bir.save(part_cand, cand_output, force=force)
+            npz = save_npz(output.with_name(output.stem + ".inputs.npz"), part_feed)
+            return part_cand, ReduceResult(
+                first_divergence=str(div), nodes_before=n_before, nodes_after=len(part_cand.graph), mismatch=why,
+                output=str(output), inputs=npz, candidate_output=str(cand_output) if cand_output else None, **names)
+        wider = _widen(cand, boundary, known)
         if wider == boundary:
             break
         boundary = wider
-    return None, ReduceResult(name, tuple(engines), str(div), n_before, None, None, None, None)
+    return None, ReduceResult(first_divergence=str(div), nodes_before=n_before, nodes_after=None, mismatch=None,
+                              output=None, inputs=None, **names)

@@ -4,6 +4,7 @@ differences count, so the first divergent node is real and the reduced model mus
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import bushu
@@ -16,7 +17,7 @@ TIGHT = Tolerance(atol=1e-7, rtol=1e-7, min_cosine=1.0)
 @pytest.mark.skipif("openvino" not in engines.available(), reason="openvino not installed")
 def test_reduce_ppocr_cls_ort_vs_openvino(ppocr_cls, tmp_path):
     out = tmp_path / "reduced.onnx"
-    part, result = bushu.reduce(ppocr_cls, out, engines=("ort", "openvino"), tol=TIGHT)
+    _, result = bushu.reduce(ppocr_cls, out, engines=("ort", "openvino"), tol=TIGHT)
     assert result, result.render()
     assert result.nodes_after < 10 < result.nodes_before
     assert result.first_divergence
@@ -29,3 +30,40 @@ def test_reduce_ppocr_cls_ort_vs_openvino(ppocr_cls, tmp_path):
     assert all(diff(b[k], a[k]) for k in a)  # at the default tolerance the engines agree: it is rounding
     with pytest.raises(bushu.BushuError, match="exists"):
         bushu.reduce(ppocr_cls, out, tol=TIGHT)
+
+
+def _scaled_conv_copy(src, path, index: int = 20):
+    """PP-OCR cls with the weight of its ``index``-th Conv scaled by 1.01 (it keeps weights in Constant nodes)."""
+    b = bushu.load(src)
+    conv = [n for n in b.graph if n.op_type == "Conv"][index]
+    const = conv.inputs[1].producer()
+    w = const.attributes["value"].as_tensor()
+    const.attributes["value"] = ir.AttrTensor("value", ir.tensor(w.numpy() * 1.01, name=w.name))
+    bushu.save(b, path)
+    return conv.name, conv.inputs[1].name
+
+
+def test_reduce_two_models_on_one_engine(ppocr_cls, tmp_path):
+    node, weight = _scaled_conv_copy(ppocr_cls, tmp_path / "b.onnx")
+    out = tmp_path / "reduced.onnx"
+    part, result = bushu.reduce(ppocr_cls, out, candidate=tmp_path / "b.onnx")
+    assert result, result.render()
+    assert f"'{node}' (Conv)" in result.first_divergence and weight in result.first_divergence
+    assert [n.op_type for n in part.graph if n.op_type != "Constant"] == ["Conv"]
+    a, b = bushu.load(out), bushu.load(result.candidate_output)
+    with np.load(result.inputs) as z:
+        feed = {k: z[k] for k in z.files}
+    ra, rb = engines.open_session(a, "ort").run(feed), engines.open_session(b, "ort").run(feed)
+    assert any(not diff(rb[k], ra[k]) for k in ra)  # the two written parts reproduce the mismatch
+
+
+def test_reduce_refuses_models_whose_tensor_names_differ(ppocr_cls, tmp_path, cli):
+    b = bushu.load(ppocr_cls)
+    outputs = {v.name for v in b.graph.outputs}
+    for i, node in enumerate(b.graph):
+        for v in node.outputs:
+            if v.name not in outputs:
+                v.name = f"renamed_{i}"
+    bushu.save(b, tmp_path / "b.onnx")
+    r = cli("reduce", ppocr_cls, tmp_path / "b.onnx", "-o", tmp_path / "r.onnx")
+    assert r.returncode == 2 and "share no intermediate tensor name" in r.stderr, r.stderr
