@@ -3,6 +3,7 @@ a bad pass; bad input; external data; the CLI."""
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -156,3 +157,42 @@ def test_cli(cli, ppocr_cls, tmp_path):
     assert r.returncode == 2 and "--force" in r.stderr
     r = cli("optimize", "--list")
     assert r.returncode == 0 and "fuse-layernorm" in r.stdout and "extended:" in r.stdout
+
+
+def test_shape_fixes_dims_in_the_output(optimized, tmp_path):
+    src, _, dynamic = optimized["ppocr-rec"]
+    out = tmp_path / "static.onnx"
+    _, result = bushu.optimize(src, out, static_shapes={"x": (1, 3, 48, 320)}, verify="end", latency=False,
+                               show_progress=False)
+    assert result, result.render()
+    assert list(bushu.load(out).graph.inputs[0].shape) == [1, 3, 48, 320]
+    assert "--shape: x -> 1x3x48x320" in result.notes
+    assert sum(result.nodes_after.values()) < sum(dynamic.nodes_after.values())  # static dims let more fold
+
+
+def test_a_pass_reruns_only_after_a_change(optimized):
+    """The fixed point skips a pass that changed nothing when no pass has changed the model since."""
+    for name, (_, _, result) in optimized.items():
+        clean_since: dict[str, bool] = {}  # pass -> no kept step since its last clean run
+        for step in result.steps:
+            assert not clean_since.get(step.name), f"{name}: {step.name} reran on an unchanged model"
+            if step.status == "kept":
+                clean_since = dict.fromkeys(clean_since, False)
+            clean_since[step.name] = step.status == "unchanged"
+
+
+def test_every_fusion_rule_is_gated_on_its_root_op():
+    """apply_rules tries a rule only at nodes of its root op type: every commuted variant must have one."""
+    from bushu.fusions import base
+    from bushu.passes._rules import root_op
+
+    registry.known()
+    classes, todo = [], [base.Fusion]
+    while todo:
+        todo.extend(subs := todo.pop().__subclasses__())
+        classes += [c for c in subs if not inspect.isabstract(c)]
+    rules = [cls.rule(base.Tally()) for cls in classes]
+    assert len(rules) >= 7
+    for rule in rules:
+        for variant in rule.commute():
+            assert root_op(variant), rule.name

@@ -201,8 +201,8 @@ def optimize(
         verify=verify, opset_before=opset_before, opset_after=work.opset_imports.get("", 1),
         nodes_before=op_counts(src), nodes_after=op_counts(work), initializer_bytes_before=initializer_bytes(src),
         initializer_bytes_after=initializer_bytes(work), steps=tuple(steps),
-        notes=tuple([*(e for e in edits if e.startswith("--shape")),
-                     *(f"{t} (x{n})" if n > 1 else t for t, n in sorted(ctx.notes.items()))]),
+        notes=(*(e for e in edits if e.startswith("--shape")),
+               *(f"{t} (x{n})" if n > 1 else t for t, n in sorted(ctx.notes.items()))),
         checker_error=checker_error, verify_error=verify_error, latency_before=lat_before, latency_after=lat_after,
         seconds=time.perf_counter() - t_start,
     )
