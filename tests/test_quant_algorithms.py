@@ -78,3 +78,57 @@ def test_smoothquant_keeps_the_function_with_and_without_a_residual_branch():
     scale = muls[0].inputs[1].const_value.numpy()
     evened = amax["n"] * scale
     assert evened.max() / evened.min() < amax["n"].max() / amax["n"].min()
+
+
+FFN = """
+<ir_version: 8, opset_import: ["" : 17]>
+ffn (float[1,5,8] x, float[8] g, float[8] b, float[8,8] w1, float[8,6] w2) => (float[1,5,6] y) <float[1,5,8] h> {
+  n = LayerNormalization <axis = -1> (x, g, b)
+  a = MatMul (n, w1)
+  h = Relu (a)
+  y = MatMul (h, w2)
+}
+"""
+
+
+def test_smoothquant_also_smooths_the_ffn_second_projection_with_an_inserted_mul():
+    rng = np.random.default_rng(2)
+    f = np.float32
+    w1 = rng.normal(size=(8, 8)).astype(f) * np.array([1, 1, 1, 40, 1, 1, 1, 1], f)  # channel 3 of h is an outlier
+    model = build(FFN, {"g": rng.uniform(0.5, 1.5, 8).astype(f), "b": rng.normal(size=8).astype(f), "w1": w1,
+                        "w2": rng.normal(size=(8, 6)).astype(f)})
+    feeds = [{"x": rng.normal(size=(1, 5, 8)).astype(f)} for _ in range(4)]
+    before = [open_session(model, "ort").run(x)["y"] for x in feeds]
+    sm = clone(model)
+    assert [x.name for x, _ in smoothquant._targets(sm)] == ["n", "h"]
+    amax = smoothquant.channel_absmax(sm, feeds)
+    assert amax["h"].argmax() == 3
+    assert smoothquant.smooth(sm, amax, 0.7) == 2
+    # the LayerNorm feeds only its MatMul: folded into its scale and bias; Relu's output gets a Mul(1/s)
+    muls = [n for n in sm.graph if n.op_type == "Mul"]
+    assert [m.inputs[0].name for m in muls] == ["h"]
+    after = [open_session(sm, "ort").run(x)["y"] for x in feeds]
+    for a, b in zip(after, before):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+    evened = amax["h"] * muls[0].inputs[1].const_value.numpy()
+    assert evened.max() / evened.min() < amax["h"].max() / amax["h"].min() / 4
+
+
+def test_smoothquant_keeps_a_bounded_sample_of_the_stream_for_transformers_only():
+    from bushu.quant import QuantConfig
+
+    rng = np.random.default_rng(3)
+    f = np.float32
+    model = build(FFN, {"g": np.ones(8, f), "b": np.zeros(8, f), "w1": rng.normal(size=(8, 8)).astype(f),
+                        "w2": rng.normal(size=(8, 6)).astype(f)})
+    stream = ({"x": np.full((1, 5, 8), i, f)} for i in range(100))
+    sq = smoothquant.transform(QuantConfig())
+    out = list(sq.keep_samples(model, stream))
+    assert len(sq.samples) == smoothquant.SAMPLES and len(out) == 100  # nothing lost, nothing repeated
+    assert [int(x["x"][0, 0, 0]) for x in out] == list(range(100))
+    assert smoothquant.transform(QuantConfig(smoothquant=None)).alpha is None  # 'off' builds (the pipeline skips it)
+    cnn = build(SEPARABLE, {"w1": np.ones((8, 4, 1, 1), f), "b1": np.ones(8, f), "wd": np.ones((8, 1, 3, 3), f),
+                            "bd": np.ones(8, f), "w2": np.ones((6, 8, 1, 1), f)})
+    sq = smoothquant.transform(QuantConfig())
+    feeds = [{"x": np.zeros((1, 4, 8, 8), f)}]
+    assert sq.keep_samples(cnn, feeds) is feeds and sq.samples == []

@@ -27,8 +27,11 @@ def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig,
     if config.eval_fn is not None and (budget is None or budget.metric != "eval-drop"):
         raise BushuError("--eval needs a budget on its value: add --budget eval-drop<=X (X in the metric's units)")
     # NOTE: CLE before SmoothQuant: equalization changes conv weights, SmoothQuant measures activations after it
-    transforms = [t for t, on in ((cle.CrossLayerEqualization(), config.cle),
-                                  (smoothquant.transform(config), config.smoothquant is not None)) if on]
+    sq = smoothquant.transform(config)
+    if config.smoothquant is not None:
+        feeds = sq.keep_samples(model, feeds)  # its channel maxima need more feeds than the held-out ones
+    transforms = [t for t, on in ((cle.CrossLayerEqualization(), config.cle), (sq, config.smoothquant is not None))
+                  if on]
     s = Session.start(model, feeds, config, heldout=heldout, total=total, transforms=transforms)
     notes = list(s.notes)
     if config.reduce_range is None and config.uses_reduce_range:

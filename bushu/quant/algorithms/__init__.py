@@ -1,6 +1,6 @@
 """Accuracy algorithms: each changes weights (never the graph's structure) to make quantization lose less.
 
 * :mod:`.bias_correction` — fold the mean output error of each quantized layer back into its bias.
-* :mod:`.smoothquant` — move activation outliers into the weights of MatMul/Gemm after a LayerNormalization.
+* :mod:`.smoothquant` — move activation outliers into the weights of MatMul/Gemm in transformers.
 * :mod:`.cle` — cross-layer equalization of Conv → [ReLU] → Conv chains (depthwise-separable CNNs).
 """
