@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from test_quant_annotate import build  # tests/ is on sys.path: pytest's rootdir conftest, no package
+from test_quant_annotate import (
+    build,  # tests/ is on sys.path: pytest's rootdir conftest, no package
+)
 
 from bushu.engines import open_session
 from bushu.quant.algorithms import cle, smoothquant
@@ -132,3 +134,26 @@ def test_smoothquant_keeps_a_bounded_sample_of_the_stream_for_transformers_only(
     sq = smoothquant.transform(QuantConfig())
     feeds = [{"x": np.zeros((1, 4, 8, 8), f)}]
     assert sq.keep_samples(cnn, feeds) is feeds and sq.samples == []
+
+
+def test_method_auto_chooses_per_tensor_by_output_error_and_beats_every_single_method(digits_onnx):
+    import bushu
+    from bushu import datasets
+    from bushu.quant import QuantConfig, auto
+    from bushu.quant.static import RANGE_METHODS, Session
+
+    x_tr, _, x_te, _ = datasets.digits()
+    feeds = [{"input": x_tr[i:i + 32]} for i in range(0, 320, 32)]
+    held = [{"input": x_te[:200]}]  # never calibrated on
+    s = Session.start(bushu.load(digits_onnx), feeds, QuantConfig(progress=False), heldout=held)
+    notes: list[str] = []
+    method, ranked = auto.pick(s, notes)
+    assert set(RANGE_METHODS) < set(ranked) | {auto.PER_TENSOR}
+    snr = {m: s.score(s.build(method=m)[0], user_metric=False).snr_db for m in RANGE_METHODS}
+    chosen = s.score(s.build(method=method)[0], user_metric=False).snr_db
+    assert chosen >= max(snr.values()) - 1e-9, (notes, snr)
+    assert "trials" in notes[-1] and notes[-1].endswith(f"→ {method}") and f"{chosen:.1f} dB" in notes[-1]
+    if method == auto.PER_TENSOR:  # some tensor took another method's range than the best single method's
+        base = ranked[1]
+        assert any(s.per_tensor[n] != s.ranges(base, s.plan())[n] for n in s.plan().observed)
+        assert chosen > snr[base]

@@ -40,9 +40,9 @@ def pairs(model: ir.Model) -> list[tuple[ir.Node, ir.Node]]:
             continue
         c = _const(first.inputs[1]).shape[0]
         group = nxt.attributes.get_int("group", 1)
-        if (group == 1 and w2.shape[1] == c) or (group == c and w2.shape[0] == c and w2.shape[1] == 1):
-            if len(first.inputs[1].uses()) == 1 and len(nxt.inputs[1].uses()) == 1:
-                out.append((first, nxt))
+        shapes_fit = (group == 1 and w2.shape[1] == c) or (group == c and w2.shape[0] == c and w2.shape[1] == 1)
+        if shapes_fit and len(first.inputs[1].uses()) == 1 and len(nxt.inputs[1].uses()) == 1:
+            out.append((first, nxt))
     return out
 
 
