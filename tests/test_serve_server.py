@@ -423,3 +423,52 @@ def test_memory_stays_flat_across_many_bad_requests(server):
     assert rss1 - rss0 < 16 * 2**20, (rss0, rss1)
     assert time.monotonic() - t0 < 60
     assert _get(server, "/v2/health/live")[0] == 200
+
+
+def _raw(server, data: bytes, timeout_s: float = 1.0) -> bytes:
+    """Send raw bytes on a fresh connection; everything received until the server closes or goes quiet."""
+    host, port = server.http.split(":")
+    out = b""
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(data)
+        s.settimeout(timeout_s)
+        try:
+            while chunk := s.recv(1 << 20):
+                out += chunk
+        except TimeoutError:
+            pass
+    return out
+
+
+def test_http_wire_pipelining_chunked_continue_and_limits(server, local):
+    """The HTTP server itself (bushu/serve/httpd.py): pipelined and chunked requests, Expect: 100-continue, a body over
+    the limit refused before it is read with the connection kept, and requests it can't parse."""
+    x = np.random.default_rng(5).random((1, 1, 8, 8), dtype=np.float32)
+    header = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "parameters": {"binary_data_output": True}})
+    body = header + x.tobytes()
+    head = b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: %d\r\n" % len(header)
+    req = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    last = head + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body  # the server closes
+    out = _raw(server, req * 2 + last)
+    assert out.count(b"HTTP/1.1 200 OK") == 3
+    want = local["digits"].run({"input": x})
+    got = out.split(b"\r\n\r\n", 1)[1]
+    json_len = int(out.split(b"inference-header-content-length: ")[1].split(b"\r\n")[0])
+    (name, arr), = want.items()
+    np.testing.assert_allclose(np.frombuffer(got[json_len:json_len + arr.nbytes], arr.dtype).reshape(arr.shape), arr,
+                               rtol=1e-5, atol=1e-6)
+    chunked = head + b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:50], body[50:])) + b"0\r\n\r\n"
+    assert _raw(server, chunked).startswith(b"HTTP/1.1 200 OK")
+    cont = _raw(server, head + b"Connection: close\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert cont.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK")
+    big = b"\0" * (5 * 2**20)
+    out = _raw(server, b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(big)
+               + big + b"GET /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n", timeout_s=10)
+    assert out.startswith(b"HTTP/1.1 413 ") and out.count(b"HTTP/1.1 200 OK") == 1
+    out = _raw(server, b"NOT HTTP AT ALL\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out and orjson.loads(out.split(b"\r\n\r\n")[1])
+    assert _raw(server, b"GET /v2 HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431 ")
+    assert b"connection: close" in _raw(server, b"GET /v2/health/live HTTP/1.0\r\n\r\n")

@@ -1,6 +1,6 @@
 """The HTTP/REST routes of the Open Inference Protocol (plus Triton's extensions), as a plain ASGI app.
 
-No framework sits between uvicorn and these routes: an infer request costs one header parse (orjson), zero-copy
+No framework sits between the HTTP server (httpd.py) and these routes: an infer request costs one header parse (orjson), zero-copy
 ``np.frombuffer`` views for binary inputs, and one response write. Models open in the ASGI lifespan (DESIGN.md
 rule 9). Routes::
 

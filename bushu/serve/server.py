@@ -1,10 +1,11 @@
 """Run the HTTP, gRPC and metrics endpoints in one process and one event loop until SIGTERM/SIGINT.
 
-uvicorn (httptools + uvloop when installed) serves the ASGI app on pre-bound sockets -- the HTTP port, and the
-metrics port, which answers ``/metrics`` only -- so port 0 works and the bound ports are known before serving. The
-gRPC server and the repository poller start in the app's lifespan. On SIGTERM uvicorn stops accepting, waits for
-in-flight HTTP requests, then the lifespan shutdown stops gRPC with a grace period and drains every model's queue.
-asyncio sets TCP_NODELAY on accepted sockets (DESIGN.md: without it a small request took ~44 ms, not ~0.4 ms).
+:mod:`~bushu.serve.httpd` (httptools, on uvloop when installed) serves the ASGI app on pre-bound sockets -- the HTTP
+port, and the metrics port, which answers ``/metrics`` only -- so port 0 works and the bound ports are known before
+serving. The gRPC server and the repository poller start in the app's lifespan. On SIGTERM the server stops
+accepting, waits for in-flight HTTP requests, then the lifespan shutdown stops gRPC with a grace period and drains
+every model's queue. asyncio sets TCP_NODELAY on accepted sockets (DESIGN.md: without it a small request took
+~44 ms, not ~0.4 ms).
 """
 
 from __future__ import annotations
@@ -96,10 +97,13 @@ class Server:
         self.manager = ModelManager(self.repository, options.defaults)
         self._tasks: list[asyncio.Task] = []
         self._grpc = None
+        self.endpoints: Endpoints | None = None
         self._startup_error: BaseException | None = None
 
     def run(self, on_ready: Callable[[Endpoints], None] | None = None) -> None:
-        uvicorn = require("uvicorn", extra="serve", feature="bushu serve")
+        require("httptools", extra="serve", feature="bushu serve")
+        from . import httpd
+
         o = self.options
         http_sock = _listen(o.host, o.http_port)
         metrics_sock = _listen(o.host, o.metrics_port) if o.metrics_port is not None else None
@@ -110,7 +114,7 @@ class Server:
         async def startup():
             try:
                 await self.manager.load_all()
-            except BaseException as e:  # uvicorn only logs a failed startup; re-raised after run() below
+            except BaseException as e:  # the lifespan only reports a message; re-raised as itself below
                 self._startup_error = e
                 raise
             grpc_addr = None
@@ -122,10 +126,9 @@ class Server:
                 grpc_addr = _url(o.host, port)
             if o.poll_s:
                 self._tasks.append(asyncio.get_running_loop().create_task(self.manager.poll(o.poll_s)))
-            ep = Endpoints(f"http://{_url(o.host, http_port)}", grpc_addr,
-                           f"http://{_url(o.host, metrics_port)}/metrics" if metrics_port else None,
-                           tuple(self.manager.entries))
-            (on_ready or _announce)(ep)
+            self.endpoints = Endpoints(f"http://{_url(o.host, http_port)}", grpc_addr,
+                                       f"http://{_url(o.host, metrics_port)}/metrics" if metrics_port else None,
+                                       tuple(self.manager.entries))
 
         async def shutdown():
             for t in self._tasks:
@@ -137,16 +140,18 @@ class Server:
         app = HttpApp(self.manager, HttpOptions(o.max_body_bytes, o.model_control, o.token,
                                                 frozenset({metrics_port}) if metrics_port else frozenset()),
                       on_startup=[startup], on_shutdown=[shutdown])
-        config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=o.drain_s, server_header=False, date_header=False)
+        loop = httpd.new_event_loop()
         try:
-            uvicorn.Server(config).run(sockets=socks)
-        except SystemExit:  # uvicorn exits on a failed startup; say why, as a BushuError, exit code 2
+            loop.run_until_complete(httpd.serve(app, socks, max_body_bytes=o.max_body_bytes, drain_s=o.drain_s,
+                                                on_serving=lambda: (on_ready or _announce)(self.endpoints)))
+        except RuntimeError:  # a failed startup: say why, as the BushuError it was (exit code 2)
             if self._startup_error is not None:
                 raise self._startup_error from None
             raise
-        if self._startup_error is not None:
-            raise self._startup_error
+        finally:
+            for s in socks:
+                s.close()
+            loop.close()
 
 
 def _announce(ep: Endpoints) -> None:
