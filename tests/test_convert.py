@@ -211,3 +211,41 @@ def test_cli_clear_cache(cli, ppocr_cls, tmp_path, monkeypatch):
     assert both.returncode == 2 and "alone" in both.stderr
     nothing = cli("convert", ppocr_cls)
     assert nothing.returncode == 2 and "--to" in nothing.stderr
+
+
+@pytest.fixture(scope="module")
+def cls_calib(tmp_path_factory) -> Path:
+    """Rendered text lines as PP-OCR cls feeds (1x3x48x192), one .npz each."""
+    from bushu import datasets
+
+    folder = tmp_path_factory.mktemp("cls-calib")
+    for i, line in enumerate(datasets.text_lines(8, seed=3)):
+        x = np.zeros((1, 3, 48, 192), np.float32)
+        x[..., :min(192, line.x.shape[-1])] = line.x[..., :192]
+        np.savez(folder / f"{i}.npz", x=x)
+    return folder
+
+
+def test_ncnn_int8_conversion(ppocr_cls, cls_calib, tmp_path):
+    from bushu.convert import ncnn_int8
+
+    fp32 = bushu.convert(ppocr_cls, "ncnn", tmp_path / "fp32", verify_outputs=False)
+    r = bushu.convert(ppocr_cls, "ncnn", tmp_path / "int8", int8=True, calib=cls_calib)
+    assert r, r.render()
+    assert r.precision == "int8" and r.int8_layers >= 50 and "INT8" in str(r)
+    assert all(o.cosine >= 0.99 and o.top1 == 1.0 for o in r.outputs)  # on the calibration feeds, against ORT FP32
+    layers = {layer.name: layer for layer in ncnn_int8.read_param(tmp_path / "int8" / "model.ncnn.param")}
+    quantized = [layer for layer in layers.values() if layer.params.get("8") == "1"]
+    assert len(quantized) == r.int8_layers and {q.type for q in quantized} <= set(ncnn_int8.QUANTIZED)
+    # INT8 weights: the bin shrinks by ~3/4 of the quantized weights' bytes
+    assert (tmp_path / "int8" / "model.ncnn.bin").stat().st_size < 0.5 * (tmp_path / "fp32" / "model.ncnn.bin").stat().st_size
+    # a bin that does not match its param file is refused, nothing written
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    data = (tmp_path / "fp32" / "model.ncnn.bin").read_bytes()
+    (bad / "model.ncnn.bin").write_bytes(data[:-8])
+    with pytest.raises(BushuError, match="nothing written|ends inside"):
+        ncnn_int8.rewrite(tmp_path / "fp32" / "model.ncnn.param", bad / "model.ncnn.bin", bad / "p", bad / "b", {})
+    assert not (bad / "p").exists()
+    with pytest.raises(BushuError, match="bushu quantize"):
+        bushu.convert(ppocr_cls, "mnn", tmp_path / "m", int8=True, calib=cls_calib)

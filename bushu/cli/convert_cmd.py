@@ -8,6 +8,7 @@ EXAMPLES = """\
   bushu convert ppocr-cls --to ncnn -o cls-ncnn
   bushu convert ppocr-rec --to ncnn --shape x:1x3x48x320 -o rec-ncnn   # ncnn fixes the bound H and W
   bushu convert model.onnx --to mnn -o model-mnn --json
+  bushu convert ppocr-cls --to ncnn --int8 --calib calib/ -o cls-ncnn-int8   # ncnn's own INT8 (.npz/.npy feeds)
   bushu convert --clear-cache       # empty the cache the ncnn/MNN engines convert into (size cap: BUSHU_CACHE_MAX_GB, default 2)
 """
 
@@ -23,6 +24,12 @@ def add_arguments(p):
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with ONNX Runtime")
     p.add_argument("--threads", type=int, default=None, help="threads for the verification run")
     p.add_argument("--force", action="store_true", help="overwrite files already in the output folder")
+    p.add_argument("--int8", action="store_true",
+                   help="ncnn only: make ncnn's own INT8 model (what ncnn2table + ncnn2int8 do), calibrated on --calib")
+    p.add_argument("--calib", default=None, metavar="DATA", help="calibration feeds for --int8: a folder of .npz/.npy")
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "kl"],
+                   help="input-blob threshold for --int8: the max of |x| (default) or KL divergence")
+    p.add_argument("--calib-samples", type=int, default=100, help="calibration feeds used for --int8 (default: 100)")
     p.add_argument("--clear-cache", action="store_true",
                    help="remove every model the ncnn/MNN engines converted behind the scenes, then exit")
 
@@ -41,4 +48,5 @@ def run(args):
 
     return convert(args.model, args.to, args.output, shapes=parse_shape_args(args.shape),
                    values=parse_value_args(args.value), verify_outputs=not args.no_verify, force=args.force,
-                   threads=args.threads)
+                   threads=args.threads, int8=args.int8, calib=args.calib, calib_method=args.calib_method,
+                   calib_samples=args.calib_samples)

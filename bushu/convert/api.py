@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from ..compare.metrics import OutputDiff, Tolerance, diff
+from ..compare.metrics import OutputDiff, Tolerance, diff, merge
 from ..engines import open_session
 from ..engines.base import EngineOptions, model_specs
 from ..errors import BushuError
@@ -36,6 +36,8 @@ class ConvertResult(Result):
     error: str | None = None
     unsupported: tuple[str, ...] = ()
     verified: bool = True  # False when verification was skipped (verify_outputs=False)
+    precision: str = "fp32"  # "int8": ncnn's own INT8 (--int8), verified on the calibration feeds
+    int8_layers: int = 0  # layers made INT8
 
     def __bool__(self) -> bool:
         return self.error is None and (not self.verified or (bool(self.outputs) and all(self.outputs)))
@@ -51,8 +53,12 @@ class ConvertResult(Result):
     def __str__(self) -> str:
         if self.error:
             return f"{self.model} → {self.target}: FAILED: {self.error}"
-        head = f"{self.model} → {self.target} ({self.converter}) in {self.seconds:.1f} s: {self.verdict}"
-        if self.verified:
+        what = f"{self.target} INT8 ({self.int8_layers} layers)" if self.precision == "int8" else self.target
+        head = f"{self.model} → {what} ({self.converter}) in {self.seconds:.1f} s: {self.verdict}"
+        if self.verified and self.precision == "int8":
+            head += (f" against ONNX Runtime FP32 on the calibration feeds (cosine ≥ {INT8_TOL.min_cosine}: worst "
+                     f"{min((o.cosine for o in self.outputs), default=1.0):.4f})")
+        elif self.verified:
             head += f" against ONNX Runtime (max_abs {max((o.max_abs for o in self.outputs), default=0.0):.3g})"
         return f"{head}; written to {self.out_dir}"
 
@@ -85,14 +91,41 @@ def _session(target: str, folder: Path, m: ir.Model, shapes: dict, threads: int 
     return IrSession(folder / FILES[0], ins, outs, threads)
 
 
+# INT8 is checked by direction, not by value: the outputs must point where FP32's do
+INT8_TOL = Tolerance(atol=float("inf"), rtol=0.0, min_cosine=0.99)
+
+
 def verify(target: str, folder: Path, m: ir.Model, *, shapes: dict, values: dict, seed: int = 0,
-           tol: Tolerance = Tolerance(), threads: int | None = None) -> tuple[OutputDiff, ...]:
-    """Run the converted model and ONNX Runtime on the same synthesized feed and compare every output."""
+           tol: Tolerance = Tolerance(), threads: int | None = None, feeds=None) -> tuple[OutputDiff, ...]:
+    """Run the converted model and ONNX Runtime on the same feeds (``feeds``, else one synthesized) and compare
+    every output (the worst over the feeds)."""
     sess = _session(target, folder, m, shapes, threads)
-    feed = synthesize(sess.inputs, shapes=shapes, values=values, seed=seed)
-    ref = open_session(m, "ort", EngineOptions(threads=threads)).run(feed)
-    got = sess.run(feed)
-    return tuple(diff(got[name], ref[name], name=name, tol=tol) for name in ref)
+    feeds = list(feeds) if feeds else [synthesize(sess.inputs, shapes=shapes, values=values, seed=seed)]
+    ort_sess = open_session(m, "ort", EngineOptions(threads=threads))
+    per_output: dict[str, list[OutputDiff]] = {}
+    for feed in feeds:
+        ref = ort_sess.run(feed)
+        got = sess.run(feed)
+        for name in ref:
+            per_output.setdefault(name, []).append(diff(got[name], ref[name], name=name, tol=tol))
+    return tuple(merge(d) for d in per_output.values())
+
+
+def _int8(to: str, folder: Path, m: ir.Model, shapes: dict, calib, method: str, samples: int,
+          threads: int | None) -> tuple[int, list]:
+    """Make the FP32 ncnn model in ``folder`` INT8 (:mod:`bushu.convert.ncnn_int8`); returns the number of INT8
+    layers and the calibration feeds (the INT8 model is verified on a few of them)."""
+    import itertools
+
+    from ..quant.data import feeds as calib_feeds
+    from . import ncnn_int8
+    from .ncnn import FILES
+
+    sess = _session(to, folder, m, shapes, threads)
+    source, _ = calib_feeds(calib, sess.inputs)
+    taken = list(itertools.islice(source, samples))
+    done = ncnn_int8.quantize_model(folder, FILES, sess, taken, method)
+    return len(done), taken
 
 
 def _check_free(out_dir: Path, names: tuple[str, ...], force: bool) -> None:
@@ -114,7 +147,8 @@ def _publish(files: list[Path], out_dir: Path) -> list[str]:
 
 def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.PathLike | None = None, *,
             shapes: dict | None = None, values: dict | None = None, seed: int = 0, tol: Tolerance = Tolerance(),
-            verify_outputs: bool = True, force: bool = False, threads: int | None = None) -> ConvertResult:
+            verify_outputs: bool = True, force: bool = False, threads: int | None = None, int8: bool = False,
+            calib=None, calib_method: str = "minmax", calib_samples: int = 100) -> ConvertResult:
     """Convert ``model`` (a path, an ``ir.Model`` or a zoo name) to ``to`` (``ncnn``, ``mnn``, ``openvino``) and
     write the files into ``out_dir`` (default: ``<model name>-<to>`` beside the model, or the current folder).
 
@@ -122,10 +156,20 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
     ``values`` fixes input values for the verification feed. A converter that refuses the model gives a failed
     result that carries its message and the unsupported ops; nothing is written then. A file already in
     ``out_dir`` is only replaced with ``force``.
+
+    ``int8`` (ncnn only) makes ncnn's own INT8 model from the FP32 conversion, calibrated on ``calib`` (a folder of
+    .npz/.npy feeds, one file, or an iterable of feeds; the first ``calib_samples``) with ``calib_method``
+    (``minmax`` or ``kl``), and verifies it against ONNX Runtime FP32 on four of those feeds by cosine
+    (:data:`INT8_TOL`).
     """
     from ..bench.models import resolve
 
     mod = targets.converter(to)
+    if int8 and to != "ncnn":
+        raise BushuError(f"--int8 makes ncnn's own INT8 model; for {to} quantize the ONNX model with bushu quantize "
+                         "(QDQ), which it runs")
+    if int8 and calib is None:
+        raise BushuError("--int8 needs calibration data: give --calib FOLDER (.npz/.npy feeds)")
     ref = resolve(model, shapes, values)
     m, data = targets.onnx_bytes(ref.source)
     if out_dir is None:
@@ -144,10 +188,13 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
         except ConversionError as e:
             return ConvertResult(ref.label, to, mod.version(), None, (), time.perf_counter() - t0, (),
                                  error=str(e).split(": ", 1)[-1], unsupported=e.unsupported)
+        int8_layers, check_feeds = _int8(to, tmp, m, ref.shapes, calib, calib_method, calib_samples, threads) \
+            if int8 else (0, None)
         seconds = time.perf_counter() - t0
         try:
-            outputs = verify(to, tmp, m, shapes=ref.shapes, values=ref.values, seed=seed, tol=tol, threads=threads) \
-                if verify_outputs else ()
+            outputs = verify(to, tmp, m, shapes=ref.shapes, values=ref.values, seed=seed,
+                             tol=INT8_TOL if int8 else tol, threads=threads,
+                             feeds=check_feeds[:4] if check_feeds else None) if verify_outputs else ()
         except BushuError as e:  # converted, but the result doesn't run: not worth publishing
             return ConvertResult(ref.label, to, mod.version(), None, (), seconds, (),
                                  error=f"converted, but the result failed to run: {e}")
@@ -155,4 +202,4 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ConvertResult(ref.label, to, mod.version(), str(out_dir), tuple(published), seconds, outputs,
-                         verified=verify_outputs)
+                         verified=verify_outputs, precision="int8" if int8 else "fp32", int8_layers=int8_layers)

@@ -55,21 +55,35 @@ class NcnnSession:
                 raise BushuError(f"the ncnn model was converted for {spec} but got {spec.name} of shape {a.shape}: "
                                  f"pass shapes={{'{spec.name}': {a.shape}}} (--shape) to convert it for that shape")
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def _extract(self, feeds: Mapping[str, np.ndarray], blobs: Sequence[str], keep: bool = False
+                 ) -> list[list[np.ndarray]]:
+        """Per blob name, its value for each item of the batch (``keep``: intermediate blobs are kept rather than
+        recycled, so that any of them can be read)."""
         arrays = [np.asarray(feeds[s.name]) for s in self.inputs]
         for spec, a in zip(self.inputs, arrays):
             self._check(spec, a)
         batch = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
-        per_item: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        per_item: list[list[np.ndarray]] = [[] for _ in blobs]
         for b in range(batch):
             with self._net.create_extractor() as ex:
+                if keep:
+                    ex.set_light_mode(False)
                 for name, a in zip(self._in_names, arrays):
                     ex.input(name, self._ncnn.Mat(np.ascontiguousarray(a[b], dtype=np.float32)).clone())
-                for j, name in enumerate(self._out_names):
+                for j, name in enumerate(blobs):
                     ret, mat = ex.extract(name)
                     if ret != 0:
                         raise BushuError(f"ncnn failed to run the model (extract {name} returned {ret})")
                     per_item[j].append(np.array(mat, copy=True))
+        return per_item
+
+    def blobs(self, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, list[np.ndarray]]:
+        """Intermediate blobs of the ncnn graph by their param-file names, one array per batch item (what INT8
+        calibration observes)."""
+        return dict(zip(names, self._extract(feeds, list(names), keep=True)))
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        per_item = self._extract(feeds, self._out_names)
         result = {spec.name: self._restore(spec, items) for spec, items in zip(self.outputs, per_item)}
         wanted = list(outputs) if outputs is not None else [o.name for o in self.outputs]
         return {n: result[n] for n in wanted}
