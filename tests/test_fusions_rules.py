@@ -182,11 +182,11 @@ def test_layernorm_without_scale_and_bias_and_a_later_affine_fold():
     # a TorchScript export's unit scale and zero bias: eliminate-no-ops drops them, the bare form still fuses
     text = LAYERNORM.replace("{1, 2, 3, 4, 5, 6, 7, 8}", "{1, 1, 1, 1, 1, 1, 1, 1}").replace(
         "{0, 1, 0, 1, 0, 1, 0, 1}", "{0, 0, 0, 0, 0, 0, 0, 0}")
-    before, after, result = fuse(text, 18, "shape-inference", "eliminate-no-ops", "fuse-layernorm", "dead-code")
+    before, after, _ = fuse(text, 18, "shape-inference", "eliminate-no-ops", "fuse-layernorm", "dead-code")
     assert ops(after) == ["LayerNormalization"]
     same_outputs(before, after)
     # a constant Mul/Add after a LayerNormalization goes into its scale and bias
-    before, after, result = fuse("""
+    before, after, _ = fuse("""
     g (float[N, 5, 8] x) => (float[N, 5, 8] y) <float[8] s = {1, 2, 3, 4, 5, 6, 7, 8},
        float[8] k = {2, 2, 2, 2, -1, -1, -1, -1}, float[1, 8] b = {0, 1, 0, 1, 0, 1, 0, 1}> {
       n = LayerNormalization <axis = -1> (x, s)

@@ -174,7 +174,7 @@ def test_unknown_pass_lists_the_known_ones():
 
 
 def test_neutral_tensors_and_unsqueeze_chains():
-    before, after, result = optimize("""
+    before, after, _ = optimize("""
     g (float[N, 3, 4] x, int64[N] i) => (float[N, 3, 4] y, float[1, N, 3, 4] z, int64[1, N, 1, 1] u)
       <float[4] one = {1, 1, 1, 1}, float[3, 1] zero = {0, 0, 0}, float[1, 1, 1, 1] wide = {1},
        float eps = {1e-12}, int64[2] a1 = {0, 2}, int64[1] a2 = {-1}> {

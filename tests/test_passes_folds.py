@@ -159,7 +159,7 @@ def test_fold_pad_into_pools():
         ("", "a = Identity (x)", "", "AveragePool", ""),  # no pads of its own: counting them changes nothing
     ]
     for case in cases:
-        before, after, result = optimize(POOL % case, "fold-pad", "eliminate-no-ops", "dead-code")
+        before, after, _ = optimize(POOL % case, "fold-pad", "eliminate-no-ops", "dead-code")
         assert ops(after) in (["Relu", case[3]], [case[3]]), case
         assert list(after.graph.node(len(after.graph) - 1).attributes["pads"].as_ints()) == [1, 1, 1, 1]
         same_outputs(before, after)

@@ -6,6 +6,7 @@ HELP = "graph passes and fusions to standard ONNX, each pass verified on ONNX Ru
 EXAMPLES = """\
   bushu optimize model.onnx -o model.opt.onnx
   bushu optimize model.onnx -o out.onnx --level all --opset 17 --json
+  bushu optimize minilm.onnx -o minilm.ort.onnx --target ort   # + ORT contrib fusions kept where faster
   bushu optimize model.onnx -o out.onnx --passes fold-constants,dead-code --verify end
   bushu optimize model.onnx -o out.onnx --skip fuse-gelu --input feeds.npz
   bushu optimize rec.onnx -o rec.static.onnx --shape x:1x3x48x320     # fixed dims in the output: more folds
@@ -27,6 +28,9 @@ def add_arguments(p):
                    help="check outputs on ONNX Runtime after each pass (default below 1 GB), at the end, or never")
     p.add_argument("--samples", type=int, default=3, help="synthesized feeds to verify with (default: 3)")
     p.add_argument("--opset", type=int, default=None, help="convert to this opset first (fusions need 17/20/23)")
+    p.add_argument("--target", default="generic", choices=["generic", "ort"],
+                   help="generic: standard ONNX only (default); ort: + ONNX Runtime contrib fusions (com.microsoft "
+                        "ops, for ONNX Runtime only), each kept only where ORT measures it faster")
     p.add_argument("--fold-limit", type=int, default=None, metavar="ELEMENTS",
                    help="largest constant folding may create (default: 262144 elements)")
     p.add_argument("--no-latency", action="store_true", help="skip the ORT latency before/after")
@@ -59,7 +63,7 @@ def run(args):
         args.model, args.output, level=args.level, passes=args.passes, skip=args.skip, verify=args.verify,
         opset=args.opset, static_shapes=parse_shape_args(args.shape), inputs=args.input, samples=args.samples,
         fold_size_limit=args.fold_limit or FOLD_SIZE_LIMIT, allow_invalid=args.allow_invalid,
-        latency=not args.no_latency, force=args.force, show_progress=not args.quiet,
+        latency=not args.no_latency, force=args.force, show_progress=not args.quiet, target=args.target,
         **(input_kwargs(args) if args.input is None else {}),
     )
     write_if_asked(args, result)

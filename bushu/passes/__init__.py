@@ -24,7 +24,7 @@ from ..errors import BushuError
 from ..inputs import check_feed
 from ..progress import progress
 from ..timing import Latency, measure
-from . import pipeline, registry
+from . import ort_target, pipeline, registry
 from .registry import FOLD_SIZE_LIMIT, PassContext, PassOptions
 from .result import OptimizeResult, Step, initializer_bytes, op_counts
 from .tidy import tidy
@@ -126,6 +126,7 @@ def optimize(
     latency: bool = True,
     force: bool = False,
     show_progress: bool = True,
+    target: str = "generic",
     **synth,
 ) -> tuple[ir.Model, OptimizeResult]:
     """Optimize ``model`` (an ``ir.Model``, left unchanged, or a path) and return ``(optimized, result)``.
@@ -139,12 +140,14 @@ def optimize(
     (``{"x": (1, 3, 48, 320)}`` an input's whole shape, ``{"batch": 1}`` a symbolic dim everywhere), so folds
     that need static shapes fire; the feeds are synthesized at those shapes. ``latency`` measures ONNX Runtime
     (all optimizations, 2 threads) before and after. ``output`` saves the result atomically (refusing to
-    overwrite the input without ``force``).
+    overwrite the input without ``force``). ``target="ort"`` adds ONNX Runtime contrib fusions (com.microsoft
+    ops: the output is for ONNX Runtime only), each kept only where ORT runs faster with it (:mod:`.ort_target`).
     """
     t_start = time.perf_counter()
     src = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
     name = str(src.meta.get("bushu.path") or src.graph.name or "model")
     names = pipeline.select(level, passes, skip)
+    ort_target.check_target(target)
     source = bir.source_path(src)
     if output is not None and source is not None and os.path.realpath(output) == str(source) and not force:
         raise BushuError(f"refusing to overwrite the input {output}: choose another output path or pass --force")
@@ -166,7 +169,7 @@ def optimize(
 
         edits = [f"--shape: {e}" for e in set_dims(work, static_shapes)]
         synth = {**synth, "shapes": {**dict(static_shapes), **(synth.get("shapes") or {})}}
-    feeds = make_feeds(src, inputs, samples, **synth) if (verify != "off" or latency) else []
+    feeds = make_feeds(src, inputs, samples, **synth) if (verify != "off" or latency or target != "generic") else []
     if edits and inputs is not None:
         specs, _ = engines.model_specs(work)
         for f in feeds:
@@ -182,6 +185,9 @@ def optimize(
                              "model's opset")
     ctx = PassContext(PassOptions(fold_size_limit=fold_size_limit))
     work, steps = _sweep(names, work, ctx, verifier if verify == "each" else None, feeds, show_progress)
+    if target != "generic":  # engine-specific fusions, each verified and timed (after the generic passes)
+        work, target_steps = ort_target.apply(work, target, ctx, verifier, feeds)
+        steps = [*steps, *target_steps]
     tidy(work)
     # Saved once; the checker, the final check and the latency read that file (one serialization, not four).
     with tempfile.TemporaryDirectory(prefix="bushu-opt-") as tmp:

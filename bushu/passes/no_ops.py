@@ -22,6 +22,7 @@ from ._rewire import const, new_initializer, to_identity
 from ._rules import apply_rules
 from .identity import eliminate_identities
 from .registry import PassContext, graphs, register
+from .symbolic_shapes import ort_shapes
 
 _RULES = [
     rules.no_op_cast_rule, rules.no_op_expand_rule,
@@ -58,23 +59,8 @@ class _Shapes:
         if x.shape is not None:
             return list(x.shape)
         if self.table is None:
-            self.table = _symbolic_shapes(self.model)
+            self.table = ort_shapes(self.model)
         return self.table.get(x.name)
-
-
-def _symbolic_shapes(model: ir.Model) -> dict[str, list]:
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    from .. import ir as bir
-
-    if bir.weight_bytes(model) > 1 << 30:
-        return {}
-    try:
-        proto = SymbolicShapeInference.infer_shapes(bir.to_proto(model), auto_merge=True)
-    except Exception:  # its inference gives up on some ops; then we know no more than before
-        return {}
-    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-            for v in proto.graph.value_info if v.type.tensor_type.HasField("shape")}
 
 
 def _keeps_shape(c: np.ndarray, shape: list | None) -> bool:

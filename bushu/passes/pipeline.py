@@ -52,6 +52,14 @@ LEVELS: dict[str, list[str]] = {
             "dedup-initializers", "shape-inference"],
 }
 
+# Engine-specific fusions (``--target``), run once after the level's pipeline; each is verified and timed, and kept
+# only where the target engine runs faster with it (:mod:`.ort_target`).
+# NOTE: ort-attention before ort-mha: Attention also packs the Q/K/V projections; MHA takes what it leaves.
+TARGETS: dict[str, list[str]] = {
+    "generic": [],
+    "ort": ["ort-attention", "ort-mha"],
+}
+
 
 def _split(names: str | Sequence[str] | None) -> list[str]:
     if names is None:

@@ -61,7 +61,8 @@ _MODULES = [
     "lift_constants", "fold_batchnorm", "fold_conv_affine", "fold_pad", "matmul_to_gemm", "reshape_chain",
     "constant_chains",
 ]
-_FUSION_MODULES = ["layer_norm", "gelu", "hard_swish", "mish", "softplus", "rms_norm", "softmax"]
+_FUSION_MODULES = ["layer_norm", "gelu", "hard_swish", "mish", "softplus", "rms_norm", "softmax",
+                   "ort_attention", "ort_mha"]
 
 
 def register(name: str, summary: str, kind: str) -> Callable[[PassFn], PassFn]:
@@ -93,5 +94,23 @@ def get(name: str) -> PassInfo:
 
 
 def graphs(model: ir.Model) -> list[ir.Graph]:
-    """The main graph and every subgraph (If/Loop/Scan bodies), outermost first."""
-    return [model.graph, *model.graph.subgraphs()]
+    """The main graph and every subgraph (If/Loop/Scan bodies), outermost first (depth first, as onnx-ir's
+    ``Graph.subgraphs()`` orders them — which visits every node through a generic recursive iterator, several
+    times slower than reading the graph attributes directly)."""
+    found = [model.graph]
+
+    def walk(graph: ir.Graph) -> None:
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.GRAPH:
+                    subs = [attr.as_graph()]
+                elif attr.type == ir.AttributeType.GRAPHS:
+                    subs = list(attr.as_graphs())
+                else:
+                    continue
+                for sub in subs:
+                    found.append(sub)
+                    walk(sub)
+
+    walk(model.graph)
+    return found
