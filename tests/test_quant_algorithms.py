@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
-from test_quant_annotate import (
-    build,  # tests/ is on sys.path: pytest's rootdir conftest, no package
-)
+import dataclasses
 
+import numpy as np
+
+# tests/ is on sys.path (pytest's rootdir conftest, no package)
+from test_quant_annotate import build
+
+import bushu
+from bushu import datasets
 from bushu.engines import open_session
-from bushu.quant.algorithms import cle, smoothquant
-from bushu.quant.convert import clone
+from bushu.quant import QuantConfig, auto, quantize
+from bushu.quant.algorithms import adaround, cle, smoothquant
+from bushu.quant.budget import accuracy
+from bushu.quant.convert import clone, convert
+from bushu.quant.spec import QType
+from bushu.quant.static import RANGE_METHODS, Session, run_all
 
 SEPARABLE = """
 <ir_version: 8, opset_import: ["" : 13]>
@@ -117,8 +125,6 @@ def test_smoothquant_also_smooths_the_ffn_second_projection_with_an_inserted_mul
 
 
 def test_smoothquant_keeps_a_bounded_sample_of_the_stream_for_transformers_only():
-    from bushu.quant import QuantConfig
-
     rng = np.random.default_rng(3)
     f = np.float32
     model = build(FFN, {"g": np.ones(8, f), "b": np.zeros(8, f), "w1": rng.normal(size=(8, 8)).astype(f),
@@ -137,11 +143,6 @@ def test_smoothquant_keeps_a_bounded_sample_of_the_stream_for_transformers_only(
 
 
 def test_method_auto_chooses_per_tensor_by_output_error_and_beats_every_single_method(digits_onnx):
-    import bushu
-    from bushu import datasets
-    from bushu.quant import QuantConfig, auto
-    from bushu.quant.static import RANGE_METHODS, Session
-
     x_tr, _, x_te, _ = datasets.digits()
     feeds = [{"input": x_tr[i:i + 32]} for i in range(0, 320, 32)]
     held = [{"input": x_te[:200]}]  # never calibrated on
@@ -157,3 +158,37 @@ def test_method_auto_chooses_per_tensor_by_output_error_and_beats_every_single_m
         base = ranked[1]
         assert any(s.per_tensor[n] != s.ranges(base, s.plan())[n] for n in s.plan().observed)
         assert chosen > snr[base]
+
+
+def test_adaround_learned_rounding_beats_nearest_at_4_bit_weights(digits_onnx):
+    x_tr, _, x_te, _ = datasets.digits()
+    feeds = [{"input": x_tr[i:i + 32]} for i in range(0, 256, 32)]
+    s = Session.start(bushu.load(digits_onnx), feeds, QuantConfig(progress=False), heldout=[{"input": x_te}])
+    p = s.plan()
+    ranges = s.ranges("mse", p)
+    four = dataclasses.replace(s.config.preset, weights=QType("int8", symmetric=True, bits=4))
+    nearest = convert(clone(s.model), p, ranges, four)
+    learned = convert(clone(s.model), p, ranges, four)
+    note = adaround.apply(s.model, learned, p.weights, feeds, four.weights, iterations=300)  # learned on train digits
+    assert note.startswith("AdaRound: 4 layers")
+    for ws in p.weights:  # still 4-bit integers on the same scales; only the rounding moved, by at most one step
+        def stored(m, ws=ws):
+            dq = next(n for n in m.graph if n.name == ws.node).inputs[1].producer()
+            return dq.inputs[0].const_value.numpy().astype(int), dq.inputs[1].const_value.numpy()
+        (a, sa), (b, sb) = stored(nearest), stored(learned)
+        assert b.min() >= -7 and b.max() <= 7 and np.array_equal(sa, sb) and np.abs(a - b).max() <= 1
+    snr_nearest, snr_learned = s.score(nearest).snr_db, s.score(learned).snr_db  # on the held-out test digits
+    assert snr_learned > snr_nearest + 6, (snr_nearest, snr_learned)
+
+
+def test_adaround_is_opt_in_in_the_pipeline(digits_onnx):
+    x_tr, _, x_te, _ = datasets.digits()
+    feeds = [{"input": x_tr[i:i + 32]} for i in range(0, 256, 32)]
+    cfg = QuantConfig(progress=False, measure_speed=False, bias_correction=False)
+    plain = quantize(digits_onnx, feeds, cfg, heldout=[{"input": x_tr[256:512]}])
+    ada = quantize(digits_onnx, feeds, cfg.replace(adaround=True), heldout=[{"input": x_tr[256:512]}])
+    assert not any("AdaRound" in n for n in plain.notes)
+    assert any(n.startswith("AdaRound: 4 layers") for n in ada.notes)
+    test = [{"input": x_te}]  # neither calibrated nor learned on
+    ref = run_all(bushu.load(digits_onnx), test)
+    assert accuracy(ref, run_all(ada.model, test)).snr_db >= accuracy(ref, run_all(plain.model, test)).snr_db

@@ -62,6 +62,8 @@ def add_arguments(p):
                    help="don't fold each layer's mean output error into its bias (on by default)")
     a.add_argument("--no-cle", dest="cle", action="store_false",
                    help="no cross-layer equalization of Conv → [ReLU] → Conv chains (on by default)")
+    a.add_argument("--adaround", action="store_true",
+                   help="learn each weight's rounding (up/down) per layer on the held-out feeds (AdaRound; slower)")
     a.add_argument("--diagnose", action="store_true", help="rank layers by sensitivity, find the first divergence")
     a.add_argument("--no-speed", action="store_true", help="don't measure FP32 vs quantized latency")
     d = p.add_argument_group("calibration data")
@@ -110,7 +112,7 @@ def run(args):
         engine=args.engine, mode=args.mode, method=args.method, per_channel=args.per_channel,
         reduce_range=args.reduce_range, include=_csv(args.include), exclude=_csv(args.exclude),
         percentile=args.percentile, max_samples=args.samples, smoothquant=sq,
-        bias_correction=args.bias_correction, cle=args.cle, budget=args.budget,
+        bias_correction=args.bias_correction, cle=args.cle, adaround=args.adaround, budget=args.budget,
         eval_fn=load_eval(args.eval) if args.eval else None, measure_speed=not args.no_speed,
         diagnose=args.diagnose, block_size=args.block_size, progress=not args.quiet)
     result = quantize(args.model, args.calib, config, heldout=args.heldout, preprocess=_preprocess(args),

@@ -13,7 +13,7 @@ from ..inputs import Feed
 from ..timing import measure
 from . import auto
 from . import budget as bud
-from .algorithms import bias_correction, cle, smoothquant
+from .algorithms import adaround, bias_correction, cle, smoothquant
 from .diagnose import diagnose, sensitivity
 from .result import QuantizeResult
 from .spec import QuantConfig
@@ -43,6 +43,8 @@ def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig,
         q, p = s.build(method=method)
     else:
         q, p, steps, met, method = _meet_budget(s, budget, methods[:2], notes)
+    if config.adaround:  # before bias correction: it measures the shift the final rounding leaves
+        notes.append(adaround.apply(s.model, q, p.weights, s.heldout, config.preset.weights))
     if config.bias_correction:
         notes.append(bias_correction.apply(s, q))
     acc = s.score(q)

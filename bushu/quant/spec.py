@@ -118,6 +118,7 @@ class QuantConfig:
     bias_correction: bool = True
     smoothquant: float | str | None = "auto"
     cle: bool = True
+    adaround: bool = False  # learned weight rounding (bushu.quant.algorithms.adaround), opt-in
     budget: str | None = None
     eval_fn: Callable | None = dataclasses.field(default=None, compare=False)
     measure_speed: bool = True
