@@ -90,3 +90,12 @@ def test_ray_serve_grpc_and_metrics(ray_server, ppocr_cls):
         raise AssertionError(f"/metrics never counted {want_count} inferences:\n{text[:2000]}")
     assert re.search(r'^nv_inference_request_failure\{model="cls",version="1"\} [1-9]', text, re.M)
     assert 'bushu_batch_size_bucket{model="cls",version="1",le="+Inf"}' in text
+
+
+@pytest.mark.parametrize("option", [{"poll_s": 1.0}, {"allow_model_control": True}, {"http_port": 0}])
+def test_ray_refuses_what_it_does_not_do(option, ppocr_cls):
+    import bushu
+    from bushu.errors import BushuError
+
+    with pytest.raises(BushuError, match="--ray"):
+        bushu.serve(ppocr_cls, ray=True, **option)

@@ -258,6 +258,11 @@ def serve_ray(repository: str, options, *, address: str | None = None, replicas:
     from .server import Endpoints, _url, check_options
 
     check_options(options)
+    if options.poll_s:
+        raise BushuError("--poll is not available with --ray: redeploy (run bushu serve --ray again) to pick up "
+                         "changed models")
+    if options.model_control:
+        raise BushuError("--allow-model-control is not available with --ray: the deployments are fixed when it starts")
     if options.http_port == 0:
         raise BushuError("--ray needs a fixed --http-port (Ray Serve's proxy can't pick a free one)")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
