@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from ..passes._rewire import const, new_initializer
 from ..passes.registry import PassContext, graphs, register
-from ..passes.symbolic_shapes import fill_missing_shapes
+from ..passes.symbolic_shapes import fill_missing_shapes, restore
 
 MS = "com.microsoft"
 
@@ -277,7 +277,8 @@ def fuse(model: ir.Model, ctx: PassContext, pass_name: str, kind: str) -> int:
     The replaced nodes are left for ``dead-code``."""
     if not any(n.op_type == "Softmax" for g in graphs(model) for n in g):
         return 0
-    fill_missing_shapes(model)
+    # the shapes the match needs, from symbolic inference; put back after (ort-shapes is measured on its own)
+    changed = fill_missing_shapes(model)
     count = 0
     for g in graphs(model):
         for i, block in enumerate([_Block(n) for n in list(g) if n.op_type == "Softmax" and n.domain == ""]):
@@ -286,6 +287,7 @@ def fuse(model: ir.Model, ctx: PassContext, pass_name: str, kind: str) -> int:
                 ctx.note(f"{pass_name}: refused a Softmax block: {why}")
             else:
                 count += 1
+    restore(changed)
     if count:
         model.opset_imports.setdefault(MS, 1)
     return count

@@ -98,7 +98,7 @@ def apply(work: ir.Model, target: str, ctx: PassContext, verifier: Verifier | No
             continue
         ratio = interleaved_ratio(work, candidate, feeds[0])
         faster = ratio.q75 < 1.0
-        ctx.note(f"--target ort: {name} {'kept' if faster else 'reverted (not faster)'}: {count} fused, "
+        ctx.note(f"--target ort: {name} {'kept' if faster else 'reverted (not faster)'}: {count} rewrites, "
                  f"ORT latency fused/unfused {ratio}")
         status = "kept" if faster else "reverted"
         steps.append(Step(name, count, time.perf_counter() - t0, status, f"latency {ratio}"))

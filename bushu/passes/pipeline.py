@@ -54,10 +54,11 @@ LEVELS: dict[str, list[str]] = {
 
 # Engine-specific fusions (``--target``), run once after the level's pipeline; each is verified and timed, and kept
 # only where the target engine runs faster with it (:mod:`.ort_target`).
-# NOTE: ort-attention before ort-mha: Attention also packs the Q/K/V projections; MHA takes what it leaves.
+# NOTE: ort-shapes first: with the shapes known, ORT fuses more by itself, and the fusions after it are measured
+# against that. ort-attention before ort-mha: Attention also packs the Q/K/V projections; MHA takes what it leaves.
 TARGETS: dict[str, list[str]] = {
     "generic": [],
-    "ort": ["ort-attention", "ort-mha"],
+    "ort": ["ort-shapes", "ort-attention", "ort-mha"],
 }
 
 

@@ -33,15 +33,29 @@ def ort_shapes(model: ir.Model) -> dict[str, list[int | str | None]]:
     return out
 
 
-def fill_missing_shapes(model: ir.Model) -> int:
-    """Give the main graph's values with no shape the one symbolic inference finds; returns how many."""
-    missing = [o for n in model.graph for o in n.outputs if o.shape is None and o.name]
-    if not missing:
-        return 0
+def _vague(shape: ir.Shape | None) -> bool:
+    """No shape, or one with a dim onnx inference named itself (``unk__3``): names that relate to nothing."""
+    return shape is None or any(isinstance(d, ir.SymbolicDim) and (d.value is None or d.value.startswith("unk__"))
+                                for d in shape)
+
+
+def fill_missing_shapes(model: ir.Model) -> list[tuple[ir.Value, ir.Shape | None]]:
+    """Give the main graph's values with no shape, or with dims onnx inference named ``unk__N``, the shape symbolic
+    inference finds (its dim names are consistent: equal names are equal dims); returns (value, old shape) of
+    each one changed, for :func:`restore`."""
+    vague = [o for n in model.graph for o in n.outputs if o.name and _vague(o.shape)]
+    if not vague:
+        return []
     table = ort_shapes(model)
-    count = 0
-    for v in missing:
-        if v.name in table:
-            v.shape = ir.Shape(table[v.name])
-            count += 1
-    return count
+    changed = []
+    for v in vague:
+        found = table.get(v.name)
+        if found is not None and (v.shape is None or len(found) == len(v.shape)):
+            changed.append((v, v.shape))
+            v.shape = ir.Shape(found)
+    return changed
+
+
+def restore(changed: list[tuple[ir.Value, ir.Shape | None]]) -> None:
+    for v, shape in changed:
+        v.shape = shape
