@@ -57,7 +57,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport = None
-        self.scratch = memoryview(bytearray(_SCRATCH))
         self.parser = httptools.HttpRequestParser(self)
         self.req: _Request | None = None  # being received
         self.direct = False  # the next bytes go straight into self.req.body
@@ -96,7 +95,7 @@ class _Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint):
         if self.direct:
             return self.req.body[self.req.filled:]
-        return self.scratch
+        return self.server.scratch
 
     def buffer_updated(self, n):
         if self.idle:
@@ -112,7 +111,7 @@ class _Connection(asyncio.BufferedProtocol):
                 self._queue(r)
             return
         try:
-            self.parser.feed_data(self.scratch[:n])
+            self.parser.feed_data(self.server.scratch[:n])
         except httptools.HttpParserUpgrade:
             return self._refuse(400, "HTTP upgrades are not supported")
         except httptools.HttpParserError as e:
@@ -192,7 +191,7 @@ class _Connection(asyncio.BufferedProtocol):
             r = self.ready.popleft()
             keep = await self._handle(r)
             if not keep or (self.closing and not self.ready):
-                self._close()
+                self.close()
                 break
             if not self.writable.is_set():
                 await self.writable.wait()
@@ -238,9 +237,9 @@ class _Connection(asyncio.BufferedProtocol):
         import orjson
 
         self._write(status, [(b"content-type", b"application/json")], orjson.dumps({"error": message}), False)
-        self._close()
+        self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         self.closing = True
         if self.transport is not None:
             self.transport.close()
@@ -248,8 +247,8 @@ class _Connection(asyncio.BufferedProtocol):
     def _arm_idle(self) -> None:
         if self.transport is not None and self.task is None and self.req is None:
             if self.closing:
-                return self._close()
-            self.idle = self.loop.call_later(self.server.keep_alive_s, self._close)
+                return self.close()
+            self.idle = self.loop.call_later(self.server.keep_alive_s, self.close)
 
     @property
     def busy(self) -> bool:
@@ -259,7 +258,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Answer what is in flight, then close."""
         self.closing = True
         if not self.busy:
-            self._close()
+            self.close()
 
 
 class _Cycle:
@@ -293,6 +292,9 @@ class HttpServer:
     def __init__(self, app, *, max_body_bytes: int, keep_alive_s: float = 30.0):
         self.app, self.max_body_bytes, self.keep_alive_s = app, max_body_bytes, keep_alive_s
         self.connections: set[_Connection] = set()
+        # where every connection reads what isn't a body: shared, since the parser consumes it (copying out what
+        # it keeps) in the same callback that received it
+        self.scratch = memoryview(bytearray(_SCRATCH))
         self._servers: list[asyncio.AbstractServer] = []
 
     async def start(self, sockets) -> None:
@@ -310,7 +312,7 @@ class HttpServer:
         while any(c.busy for c in self.connections) and time.monotonic() < t_end:
             await asyncio.sleep(0.02)
         for c in list(self.connections):
-            c._close()
+            c.close()
         while self.connections and time.monotonic() < t_end + 5:  # closing flushes what is still to be sent
             await asyncio.sleep(0.02)
 
