@@ -38,17 +38,23 @@ def ray_server(tmp_path_factory, ppocr_cls):
         yield srv
 
 
+def _infer_like_in_process(module, client, model_path, batch: int, seed: int):
+    """Infer a random batch through ``client`` (tritonclient.http or .grpc); check it against ONNX Runtime."""
+    x = np.random.default_rng(seed).random((batch, 3, 48, 192), dtype=np.float32)
+    t = module.InferInput("x", list(x.shape), "FP32")
+    t.set_data_from_numpy(x)
+    got = client.infer("cls", [t]).as_numpy(CLS_OUT)
+    want = engines.open_session(str(model_path), "ort").run({"x": x})[CLS_OUT]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    return t
+
+
 def test_ray_serve_answers_like_in_process(ray_server, ppocr_cls):
     client = tritonhttp.InferenceServerClient(ray_server.http, network_timeout=60)
     assert client.is_server_live() and client.is_server_ready()
     md = client.get_model_metadata("cls")
     assert md["inputs"][0]["shape"] == [-1, 3, -1, -1]
-    x = np.random.default_rng(0).random((2, 3, 48, 192), dtype=np.float32)
-    t = tritonhttp.InferInput("x", list(x.shape), "FP32")
-    t.set_data_from_numpy(x)
-    got = client.infer("cls", [t]).as_numpy(CLS_OUT)
-    want = engines.open_session(str(ppocr_cls), "ort").run({"x": x})[CLS_OUT]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    _infer_like_in_process(tritonhttp, client, ppocr_cls, 2, 0)
     bad = tritonhttp.InferInput("x", [1, 3, 48], "FP32")
     bad.set_data_from_numpy(np.zeros((1, 3, 48), np.float32))
     with pytest.raises(tritonhttp.InferenceServerException) as e:
@@ -61,12 +67,7 @@ def test_ray_serve_grpc_and_metrics(ray_server, ppocr_cls):
     client = tritongrpc.InferenceServerClient(ray_server.grpc)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("cls")
     assert client.get_model_metadata("cls", as_json=True)["inputs"][0]["shape"] == ["-1", "3", "-1", "-1"]
-    x = np.random.default_rng(1).random((3, 3, 48, 192), dtype=np.float32)
-    t = tritongrpc.InferInput("x", list(x.shape), "FP32")
-    t.set_data_from_numpy(x)
-    got = client.infer("cls", [t]).as_numpy(CLS_OUT)
-    want = engines.open_session(str(ppocr_cls), "ort").run({"x": x})[CLS_OUT]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    t = _infer_like_in_process(tritongrpc, client, ppocr_cls, 3, 1)
     with pytest.raises(tritongrpc.InferenceServerException) as e:
         client.infer("nope", [t])
     assert e.value.status() == "StatusCode.NOT_FOUND"
