@@ -8,9 +8,12 @@
    from the current one, weighted by how much the candidates' own quantization error differs — and the number of
    model builds is capped (:data:`MAX_TRIALS`), so the cost is bounded whatever the model's size.
 
-Every accepted change raises the held-out SNR, so the result is never worse there than the best single method.
-With the default held-out feeds (the first calibration feeds) they were also calibrated on; pass ``--heldout`` for
-feeds the ranges never saw.
+Held-out feeds: with the default ones (the first feeds of the calibration stream), the candidate ranges of the
+search come from the other feeds (:attr:`~bushu.quant.calibrate.Calibration.fit_observers`), so the choice is
+scored on data its ranges never saw; the chosen method of each tensor is then applied to the ranges of all feeds,
+and the per-tensor mix is kept only if it still scores best. With ``--heldout`` feeds (never calibrated on) the
+search's ranges are the final ones, and every accepted change raises the held-out SNR: the result is never worse
+there than the best single method.
 """
 
 from __future__ import annotations
@@ -55,22 +58,29 @@ def _differs(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 def pick(s: Session, notes: list[str]) -> tuple[str, list[str]]:
     """Set ``s.per_tensor`` by the greedy search; returns the method to build with and the candidates best first."""
-    obs = s.calibration.observers
     qt = s.config.preset.activations
+    obs = s.calibration.observers
     names = sorted(obs)  # every tensor any configuration (budget search) may quantize
-    cands = {m: {n: obs[n].range(m, qt, s.config.percentile) for n in names} for m in RANGE_METHODS}
-    single = sorted(((_snr(s, s.build(method=m)[0]), m) for m in RANGE_METHODS), reverse=True)
+    final = {m: {n: obs[n].range(m, qt, s.config.percentile) for n in names} for m in RANGE_METHODS}
+    fit_obs = s.calibration.fit_observers
+    # the choice is made with ranges that never saw the held-out feeds (when they came from the stream)
+    cands = final if fit_obs is None else \
+        {m: {n: fit_obs[n].range(m, qt, s.config.percentile) for n in names} for m in RANGE_METHODS}
+
+    def snr_with(base: str, ranges) -> float:
+        return _snr(s, s.build(method=base, ranges=ranges)[0])
+
+    single = sorted(((snr_with(m, cands[m]), m) for m in RANGE_METHODS), reverse=True)
     best_snr, base = single[0]
     chosen = dict.fromkeys(names, base)
-    s.per_tensor = dict(cands[base])
+    current = dict(cands[base])
 
     used = s.plan().observed  # the tensors the fully quantized model takes ranges from
     err = own_errors(s, used, cands)
     trials = []
     for n in used:
-        cur = cands[base][n]
         for m in RANGE_METHODS:
-            d = _differs(cands[m][n], cur)
+            d = _differs(cands[m][n], cands[base][n])
             if m != base and d > SAME_RANGE:
                 gain = math.log10((err[n][base] + 1e-30) / (err[n][m] + 1e-30))  # > 0: m is closer on its own
                 trials.append((d * (1.0 + max(gain, 0.0)) * (1 if gain > -1 else 0.1), n, m))
@@ -78,21 +88,29 @@ def pick(s: Session, notes: list[str]) -> tuple[str, list[str]]:
     trials = trials[:MAX_TRIALS]
     kept = 0
     for _, n, m in progress(trials, desc="auto ranges", enabled=s.config.progress):
-        trial = dict(s.per_tensor)
+        trial = dict(current)
         trial[n] = cands[m][n]
-        snr = _snr(s, s.build(method=PER_TENSOR, ranges={n: cands[m][n]})[0])
+        snr = snr_with(base, trial)
         if snr > best_snr + MIN_GAIN_DB:
-            best_snr, s.per_tensor, chosen[n] = snr, trial, m
+            best_snr, current, chosen[n] = snr, trial, m
             kept += 1
+    s.per_tensor = {n: final[chosen[n]][n] for n in names}
+    if fit_obs is None:
+        scored = [(best_snr, PER_TENSOR), *single]
+    else:  # the models the user would get: ranges from every feed
+        scored = [(snr_with(m, final[m]), m) for m in RANGE_METHODS]
+        scored.append((_snr(s, s.build(method=PER_TENSOR)[0]) if kept else scored[RANGE_METHODS.index(base)][0],
+                       PER_TENSOR))
+    scored.sort(key=lambda t: -t[0])
+    ranked = [m for _, m in scored if kept or m != PER_TENSOR]  # no change: the mix is the base method itself
+    method = ranked[0]
     won = {m: sum(1 for n in used if chosen[n] == m) for m in RANGE_METHODS}
-    method = PER_TENSOR if kept else base
-    scored = sorted([(best_snr, PER_TENSOR), *single], key=lambda t: -t[0])
     mix = ", ".join(f"{m} {k}" for m, k in won.items() if k)
+    where = (f"chosen on {len(s.heldout)} held-out feeds" + (" with ranges that never saw them" if fit_obs else ""))
     notes.append("auto ranges: " + ", ".join(f"{m} {v:.1f} dB" for v, m in scored)
-                 + f" (per tensor from {base}: {len(trials)} trials, {kept} tensors changed, mix {mix}; "
-                 f"on {len(s.heldout)} held-out feeds) → {method}")
-    order = [m for _, m in single]
-    return method, ([PER_TENSOR, *order] if kept else order)
+                 + f" (per tensor from {base}: {len(trials)} trials, {kept} tensors changed, mix {mix}; {where})"
+                 f" → {method}")
+    return method, ranked
 
 
 def _snr(s: Session, q) -> float:

@@ -24,11 +24,15 @@ from .observers import HistogramObserver
 
 @dataclasses.dataclass
 class Calibration:
-    """Observers by tensor name, how many feeds were seen, and the first feeds kept back for evaluation."""
+    """Observers by tensor name, how many feeds were seen, and the first feeds kept back for evaluation.
+
+    ``fit_observers`` saw every feed but the kept ones (``None`` when none were kept, or no other feed came): a
+    choice scored on the kept feeds (``--method auto``) can then be made with ranges that never saw them."""
 
     observers: dict[str, HistogramObserver]
     samples: int
     heldout: list[Feed]
+    fit_observers: dict[str, HistogramObserver] | None = None
 
     @property
     def state_bytes(self) -> int:
@@ -51,9 +55,11 @@ def exposed(model: ir.Model, names: Sequence[str]):
 def calibrate(model: ir.Model, names: Sequence[str], feeds: Iterable[Mapping[str, np.ndarray]], *,
               heldout: int = 0, max_samples: int | None = None, show_progress: bool = True,
               total: int | None = None) -> Calibration:
-    """Observe ``names`` over ``feeds``; the first ``heldout`` feeds are also kept (they are calibrated on too)."""
+    """Observe ``names`` over ``feeds``; the first ``heldout`` feeds are also kept (they are calibrated on too, and
+    left out of :attr:`Calibration.fit_observers`)."""
     sess = exposed(model, names)
-    obs = {n: HistogramObserver() for n in names}
+    obs = {n: HistogramObserver() for n in names}  # every feed after the kept ones
+    held = {n: HistogramObserver() for n in names}  # the kept ones (merged in at the end: exact)
     kept: list[Feed] = []
     count = 0
     for i, feed in enumerate(progress(feeds, total=total, desc="calibrating", enabled=show_progress)):
@@ -62,12 +68,17 @@ def calibrate(model: ir.Model, names: Sequence[str], feeds: Iterable[Mapping[str
         feed = {k: np.asarray(v) for k, v in feed.items()}
         check_feed(feed, sess.inputs, source=f"calibration sample {i}")
         outs = sess.run(feed, list(names))
+        target = held if len(kept) < heldout else obs
         for n in names:
-            obs[n].update(outs[n])
+            target[n].update(outs[n])
         del outs
         if len(kept) < heldout:
             kept.append(feed)
         count += 1
     if count == 0:
         raise BushuError("the calibration data is empty: give at least one feed (ideally 100+ representative ones)")
-    return Calibration(obs, count, kept)
+    if not kept:
+        return Calibration(obs, count, kept)
+    for n in names:  # held becomes every feed; obs stays without the kept ones
+        held[n].merge(obs[n])
+    return Calibration(held, count, kept, obs if count > len(kept) else None)
