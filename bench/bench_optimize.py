@@ -1,17 +1,25 @@
 """Benchmark ``bushu optimize`` against onnxsim and onnxslim (a script, not a test).
 
-For every model: node count (Constant nodes apart), file size, ONNX Runtime latency (ORT_ENABLE_ALL, 2 threads,
-median and p90), OpenVINO latency (median), wall time to optimize (bushu with --verify end, as the issue's target
-asks, and with the default --verify each), and the max output difference from the original — all in one run, so
-ratios compare numbers measured minutes apart, not days. Latencies are measured for each variant back to back,
-one session at a time (idle ORT sessions slow others).
+Per model, in one run: every tool optimizes the model; then node count (Constant nodes apart), file size, max
+output difference from the original (ORT, graph optimizations off), and latency on ONNX Runtime (ORT_ENABLE_ALL,
+2 threads) and OpenVINO (CPU, 2 threads) of original / onnxsim / onnxslim / bushu **interleaved**: all sessions
+open (idle threads not spinning, alike for all), ``--rounds`` rounds, each round timing every variant for
+``--budget`` seconds in a rotated order, so background load hits all variants alike. Reported: median and p90 over
+all timed runs, and each tool's ratio to the original (median of the per-round ratios, with their IQR).
 
-    flock /tmp/bushu-bench.lock .venv/bin/python bench/bench_optimize.py --out docs/dev/optimize-bench.md
+Wall time to optimize, in-process with every library imported and warmed up first (no tool pays its imports):
+onnxsim once; onnxslim and ``bushu optimize --verify end --no-latency`` alternated ``--wall-rounds`` times (median)
+— like with like: neither measures latency; beside them bushu with its latency measurement (``--verify end``,
+latency on, the CLI default) and with the default ``--verify each``, once each.
+
+    flock -x /tmp/bushu-quiet.lock .venv/bin/python bench/bench_optimize.py --out /tmp/optimize-bench.md
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import tempfile
 import time
@@ -26,13 +34,15 @@ from bushu.engines.base import EngineOptions
 from bushu.passes.verify import make_feeds
 from bushu.timing import machine, measure
 
+TOOLS = ["original", "onnxsim", "onnxslim", "bushu"]
+ENGINES = ["ort", "openvino"]
 
-def models() -> list[tuple[str, Path, dict]]:
-    out = [(n, zoo.path(n), {"shapes": zoo.MODELS[n].shapes, "values": zoo.MODELS[n].values})
-           for n in ("ppocr-det", "ppocr-rec", "ppocr-cls", "silero-vad")]
+
+def models() -> list[tuple[str, Path]]:
+    out = [(n, zoo.path(n)) for n in ("ppocr-det", "ppocr-rec", "ppocr-cls", "silero-vad")]
     for name in ("digits-cnn", "minilm", "resnet18-like", "mobilenetv3-small-like", "tiny-encoder"):
         for legacy in (False, True):
-            out.append((f"{name}{' (legacy)' if legacy else ''}", zoo_torch.onnx_path(name, legacy=legacy), {}))
+            out.append((f"{name}{' (legacy)' if legacy else ''}", zoo_torch.onnx_path(name, legacy=legacy)))
     return out
 
 
@@ -48,95 +58,210 @@ def run_onnxsim(src: Path, dst: Path) -> None:
 def run_onnxslim(src: Path, dst: Path) -> None:
     import onnxslim
 
-    onnxslim.slim(str(src), str(dst))
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a summary table
+        onnxslim.slim(str(src), str(dst))
 
 
-def run_bushu(verify: str):
-    def go(src: Path, dst: Path, synth: dict) -> None:
-        _, r = bushu.optimize(src, dst, verify=verify, latency=False, show_progress=False, **synth)
+def run_bushu(verify: str, latency: bool = False):
+    def go(src: Path, dst: Path) -> None:
+        _, r = bushu.optimize(src, dst, verify=verify, latency=latency, show_progress=False)
         if not r:
             raise RuntimeError(str(r))
     return go
 
 
+def timed(fn, src: Path, dst: Path) -> float:
+    t0 = time.perf_counter()
+    fn(src, dst)
+    return time.perf_counter() - t0
+
+
+def warm_up(tmp: Path) -> None:
+    """Import and run every tool once on a small model, so no timed run pays imports or first-call setup."""
+    src = zoo_torch.onnx_path("digits-cnn", legacy=True)
+    for i, fn in enumerate([run_onnxsim, run_onnxslim, run_bushu("end"), run_bushu("end", latency=True)]):
+        fn(src, tmp / f"warm{i}.onnx")
+
+
 def counts(path: Path) -> tuple[int, int]:
     m = onnx.load(str(path), load_external_data=False)
-    nodes = [n for g in [m.graph] for n in g.node]
-    const = sum(n.op_type == "Constant" for n in nodes)
-    return len(nodes) - const, const
+    const = sum(n.op_type == "Constant" for n in m.graph.node)
+    return len(m.graph.node) - const, const
 
 
-def latency(path: Path, engine: str, feed) -> tuple[float, float] | None:
-    try:
-        sess = engines.open_session(str(path), engine, EngineOptions(opt_level="all", threads=2))
-    except bushu.BushuError:
-        return None
-    names = {s.name for s in sess.inputs}
-    f = {k: v for k, v in feed.items() if k in names}
-    lat = measure(lambda: sess.run(f), warmup_s=0.3, budget_s=2.0)
-    return lat.median_ms, lat.p90_ms
-
-
-def max_diff(ref: dict, path: Path, feed) -> float:
+def max_diff(ref: dict, path: Path, feed) -> tuple[float, float]:
+    """(max |output - original|, the same relative to max |original|) over the float outputs."""
     got = engines.open_session(str(path), "ort", EngineOptions(opt_level="disable", threads=2)).run(feed)
-    return max(float(np.max(np.abs(got[k].astype(np.float64) - v.astype(np.float64)), initial=0.0))
-               for k, v in ref.items() if v.dtype.kind == "f")
+    pairs = [(float(np.max(np.abs(got[k].astype(np.float64) - v.astype(np.float64)), initial=0.0)),
+              float(np.max(np.abs(v.astype(np.float64)), initial=0.0))) for k, v in ref.items() if v.dtype.kind == "f"]
+    return max(d for d, _ in pairs), max(d / m if m else d for d, m in pairs)
 
 
-def bench(selected: list[str] | None) -> list[dict]:
-    rows = []
+def interleaved(paths: dict[str, Path], engine: str, feed, rounds: int, budget: float) -> dict[str, dict]:
+    """Latency of every variant on ``engine``, round-robin: {tool: {samples, round_medians}} (missing: can't load)."""
+    sessions = {}
+    for tool, path in paths.items():
+        try:
+            s = engines.open_session(str(path), engine, EngineOptions(opt_level="all", threads=2, spin=False))
+        except bushu.BushuError:
+            continue
+        names = {i.name for i in s.inputs}
+        f = {k: v for k, v in feed.items() if k in names}
+        sessions[tool] = (s, f)
+        measure(lambda s=s, f=f: s.run(f), warmup_s=0.3, budget_s=0.0, min_reps=1)
+    out = {t: {"samples": [], "round_medians": []} for t in sessions}
+    order = list(sessions)
+    for r in range(rounds):
+        for tool in order[r % len(order):] + order[: r % len(order)]:
+            s, f = sessions[tool]
+            lat = measure(lambda s=s, f=f: s.run(f), warmup_s=0.02, budget_s=budget, min_reps=3)
+            out[tool]["samples"] += lat.samples_ms
+            out[tool]["round_medians"].append(lat.median_ms)
+    return out
+
+
+def ratio(lat: dict, tool: str, base: str | list[str]) -> tuple[float, float, float] | None:
+    """Median and IQR (q1, q3) of the per-round ratios tool / base (base: a tool, or the faster of several)."""
+    bases = [base] if isinstance(base, str) else base
+    if tool not in lat or not all(b in lat for b in bases):
+        return None
+    num = np.asarray(lat[tool]["round_medians"])
+    den = np.min([lat[b]["round_medians"] for b in bases], axis=0)
+    q1, med, q3 = np.quantile(num / den, [0.25, 0.5, 0.75])
+    return float(med), float(q1), float(q3)
+
+
+def bench(selected: list[str], rounds: int, budget: float, wall_rounds: int, each: bool) -> list[dict]:
+    results = []
     tmp = Path(tempfile.mkdtemp(prefix="bushu-bench-opt-"))
-    for name, src, synth in models():
+    warm_up(tmp)
+    for name, src in models():
         if selected and not any(s in name for s in selected):
             continue
-        feed = make_feeds(bushu.load(src), samples=1, **synth)[0]
+        stem = tmp / name.replace(" ", "_").replace("(", "").replace(")", "")
+        res = {"model": name, "rows": {}, "wall": {}, "errors": {}}
+        paths = {"original": src}
+        feed = make_feeds(bushu.load(src), samples=1)[0]
         ref = engines.open_session(str(src), "ort", EngineOptions(opt_level="disable", threads=2)).run(feed)
-        tools = {"original": None, "onnxsim": run_onnxsim, "onnxslim": run_onnxslim,
-                 "bushu --verify end": run_bushu("end"), "bushu (verify each)": run_bushu("each")}
-        for tool, fn in tools.items():
-            dst = src if fn is None else tmp / f"{name.replace(' ', '_')}.{tool.split()[0]}.{len(rows)}.onnx"
-            row = {"model": name, "tool": tool}
-            try:
-                t0 = time.perf_counter()
-                if fn is not None:
-                    fn(src, dst, synth) if tool.startswith("bushu") else fn(src, dst)
-                row["wall_s"] = time.perf_counter() - t0 if fn is not None else None
-                row["nodes"], row["constants"] = counts(dst)
-                row["size_kib"] = dst.stat().st_size / 1024
-                row["ort"] = latency(dst, "ort", feed)
-                row["openvino"] = latency(dst, "openvino", feed)
-                row["max_diff"] = max_diff(ref, dst, feed) if fn is not None else 0.0
-            except Exception as e:  # a tool that fails on a model is a result too
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
-            rows.append(row)
-            print(row, file=sys.stderr, flush=True)
-    return rows
+        try:
+            res["wall"]["onnxsim"] = timed(run_onnxsim, src, paths.setdefault("onnxsim", Path(f"{stem}.sim.onnx")))
+        except Exception as e:  # a tool that fails on a model is a result too
+            res["errors"]["onnxsim"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+            paths.pop("onnxsim")
+        slim, mine = [], []
+        for i in range(wall_rounds):  # alternated: slim, bushu / bushu, slim ...
+            pair = [("onnxslim", run_onnxslim, slim), ("bushu", run_bushu("end"), mine)]
+            for tool, fn, acc in (pair if i % 2 == 0 else pair[::-1]):
+                if tool in res["errors"]:
+                    continue
+                try:
+                    acc.append(timed(fn, src, paths.setdefault(tool, Path(f"{stem}.{tool}.onnx"))))
+                except Exception as e:
+                    res["errors"][tool] = f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+                    paths.pop(tool, None)
+        res["wall"]["onnxslim"] = float(np.median(slim)) if slim else None
+        res["wall"]["bushu"] = float(np.median(mine)) if mine else None
+        if "bushu" in paths:
+            res["wall"]["bushu+latency"] = timed(run_bushu("end", latency=True), src, Path(f"{stem}.lat.onnx"))
+            if each:
+                res["wall"]["bushu each"] = timed(run_bushu("each"), src, Path(f"{stem}.each.onnx"))
+        for tool, path in paths.items():
+            nodes, const = counts(path)
+            res["rows"][tool] = {"nodes": nodes, "constants": const, "kib": path.stat().st_size / 1024,
+                                 "max_diff": max_diff(ref, path, feed) if tool != "original" else (0.0, 0.0)}
+        res["latency"] = {e: interleaved(paths, e, feed, rounds, budget) for e in ENGINES
+                          if e in engines.available()}
+        print(name, {k: (round(v, 2) if v else v) for k, v in res["wall"].items()},
+              {t: r["nodes"] for t, r in res["rows"].items()}, file=sys.stderr, flush=True)
+        results.append(res)
+    return results
 
 
-def table(rows: list[dict]) -> str:
-    def ms(v):
-        return "n/a" if not v else f"{v[0]:.2f} / {v[1]:.2f}"
+def _ms(lat: dict, tool: str) -> str:
+    if tool not in lat:
+        return "n/a"
+    s = np.asarray(lat[tool]["samples"])
+    return f"{np.median(s):.2f} / {np.quantile(s, 0.9):.2f}"
 
-    lines = ["| model | tool | nodes (+Constant) | KiB | ORT ms median / p90 | OpenVINO ms median / p90 | optimize s "
-             "| max diff |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['tool']} | failed: {r['error']} | | | | | |")
+
+def _ratio(r) -> str:
+    return "" if r is None else f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f})"
+
+
+def tables(results: list[dict]) -> str:
+    head = ["model", "tool", "nodes (+Constant)", "KiB", "max diff"]
+    for e in ENGINES:
+        head += [f"{e} ms median / p90", f"{e} ÷ original (IQR)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res in results:
+        for tool in TOOLS:
+            if tool in res["errors"]:
+                lines.append(f"| {res['model']} | {tool} | failed: {res['errors'][tool]} |" + " |" * (len(head) - 3))
+                continue
+            row = res["rows"].get(tool)
+            if row is None:
+                continue
+            cells = [res["model"], tool, f"{row['nodes']} (+{row['constants']})", f"{row['kib']:.0f}",
+                     f"{row['max_diff'][0]:.2g}"]
+            for e in ENGINES:
+                lat = res["latency"].get(e, {})
+                cells += [_ms(lat, tool), "" if tool == "original" else _ratio(ratio(lat, tool, "original"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    body = "\n".join(lines)
+
+    wh = ["model", "onnxsim s", "onnxslim s", "bushu --verify end s", "bushu ÷ onnxslim",
+          "bushu --verify end + latency s", "bushu --verify each s"]
+    wl = ["| " + " | ".join(wh) + " |", "|" + "---|" * len(wh)]
+    for res in results:
+        w = res["wall"]
+        f = lambda k: "" if w.get(k) is None else f"{w[k]:.2f}"  # noqa: E731
+        rel = f"{w['bushu'] / w['onnxslim']:.2f}" if w.get("bushu") and w.get("onnxslim") else ""
+        wl.append("| " + " | ".join([res["model"], f("onnxsim"), f("onnxslim"), f("bushu"), rel,
+                                     f("bushu+latency"), f("bushu each")]) + " |")
+
+    th = ["model", "nodes: bushu vs min(onnxsim, onnxslim)", *(f"{e}: bushu ÷ faster of onnxsim/onnxslim (IQR)"
+                                                               for e in ENGINES),
+          "max diff ÷ max |original| ≤ 1e-4", "optimize time ≤ onnxslim"]
+    tl = ["| " + " | ".join(th) + " |", "|" + "---|" * len(th)]
+    for res in results:
+        rows = res["rows"]
+        if "bushu" not in rows:
+            tl.append(f"| {res['model']} | bushu failed |" + " |" * (len(th) - 2))
             continue
-        wall = "" if r["wall_s"] is None else f"{r['wall_s']:.2f}"
-        lines.append(f"| {r['model']} | {r['tool']} | {r['nodes']} (+{r['constants']}) | {r['size_kib']:.0f} | "
-                     f"{ms(r['ort'])} | {ms(r['openvino'])} | {wall} | {r['max_diff']:.2g} |")
-    return "\n".join(lines)
+        others = [t for t in ("onnxsim", "onnxslim") if t in rows]
+        best = min(rows[t]["nodes"] for t in others) if others else None
+        mine = rows["bushu"]["nodes"]
+        nodes = f"{mine} vs {best} {'✓' if best is None or mine <= best else '✗'}"
+        cells = [res["model"], nodes]
+        for e in ENGINES:
+            r = ratio(res["latency"].get(e, {}), "bushu", others)
+            mark = "" if r is None else (" ✓" if r[0] <= 1.0 else (" ≈ (IQR spans 1)" if r[1] <= 1.0 else " ✗"))
+            cells.append("n/a" if r is None else _ratio(r) + mark)
+        rel = rows["bushu"]["max_diff"][1]
+        cells.append(f"{'✓' if rel <= 1e-4 else '✗'} {rel:.1g}")
+        w = res["wall"]
+        cells.append("" if not (w.get("bushu") and w.get("onnxslim")) else
+                     ("✓" if w["bushu"] <= w["onnxslim"] else "✗") + f" {w['bushu']:.2f} vs {w['onnxslim']:.2f} s")
+        tl.append("| " + " | ".join(cells) + " |")
+    return ("### Targets\n\n" + "\n".join(tl) + "\n\n### Nodes, size, output difference, latency\n\n" + body
+            + "\n\n### Wall time to optimize\n\n" + "\n".join(wl) + "\n")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None, help="write the markdown table here")
+    p.add_argument("--out", default=None, help="write the markdown tables here")
     p.add_argument("--models", default="", help="substrings of model names to run (default: all)")
+    p.add_argument("--rounds", type=int, default=7, help="latency rounds per engine (default 7)")
+    p.add_argument("--budget", type=float, default=0.25, help="seconds per variant per round (default 0.25)")
+    p.add_argument("--wall-rounds", type=int, default=3, help="onnxslim / bushu optimize alternations (default 3)")
+    p.add_argument("--no-each", action="store_true", help="skip the --verify each wall time")
     args = p.parse_args(argv)
-    rows = bench([s for s in args.models.split(",") if s])
-    text = (f"Measured on {machine()}.\n\nCommand: `flock /tmp/bushu-bench.lock .venv/bin/python "
-            f"bench/bench_optimize.py {' '.join(argv or sys.argv[1:])}`\n\n" + table(rows) + "\n")
+    t0 = time.perf_counter()
+    results = bench([s for s in args.models.split(",") if s], args.rounds, args.budget, args.wall_rounds,
+                    not args.no_each)
+    text = (f"Measured on {machine()}; {time.perf_counter() - t0:.0f} s.\n\nCommand: `flock -x /tmp/bushu-quiet.lock "
+            f".venv/bin/python bench/bench_optimize.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+            + tables(results))
     print(text)
     if args.out:
         Path(args.out).write_text(text)
