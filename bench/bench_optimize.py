@@ -9,8 +9,9 @@ all timed runs, and each tool's ratio to the original (median of the per-round r
 
 Wall time to optimize, in-process with every library imported and warmed up first (no tool pays its imports):
 onnxsim once; onnxslim and ``bushu optimize --verify end --no-latency`` alternated ``--wall-rounds`` times (median)
-— like with like: neither measures latency; beside them bushu with its latency measurement (``--verify end``,
-latency on, the CLI default) and with the default ``--verify each``, once each.
+— like with like: neither measures latency; beside them, once each, bushu without verification (``--verify off``:
+the passes alone), with its latency measurement (``--verify end``, latency on, the CLI default) and with the default
+``--verify each``.
 
     flock -x /tmp/bushu-quiet.lock .venv/bin/python bench/bench_optimize.py --out /tmp/optimize-bench.md
 """
@@ -162,6 +163,7 @@ def bench(selected: list[str], rounds: int, budget: float, wall_rounds: int, eac
         res["wall"]["onnxslim"] = float(np.median(slim)) if slim else None
         res["wall"]["bushu"] = float(np.median(mine)) if mine else None
         if "bushu" in paths:
+            res["wall"]["bushu off"] = timed(run_bushu("off"), src, Path(f"{stem}.off.onnx"))
             res["wall"]["bushu+latency"] = timed(run_bushu("end", latency=True), src, Path(f"{stem}.lat.onnx"))
             if each:
                 res["wall"]["bushu each"] = timed(run_bushu("each"), src, Path(f"{stem}.each.onnx"))
@@ -209,15 +211,16 @@ def tables(results: list[dict]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     body = "\n".join(lines)
 
-    wh = ["model", "onnxsim s", "onnxslim s", "bushu --verify end s", "bushu ÷ onnxslim",
+    wh = ["model", "onnxsim s", "onnxslim s", "bushu --verify end s", "bushu ÷ onnxslim", "bushu --verify off s",
           "bushu --verify end + latency s", "bushu --verify each s"]
     wl = ["| " + " | ".join(wh) + " |", "|" + "---|" * len(wh)]
     for res in results:
         w = res["wall"]
-        f = lambda k: "" if w.get(k) is None else f"{w[k]:.2f}"  # noqa: E731
         rel = f"{w['bushu'] / w['onnxslim']:.2f}" if w.get("bushu") and w.get("onnxslim") else ""
-        wl.append("| " + " | ".join([res["model"], f("onnxsim"), f("onnxslim"), f("bushu"), rel,
-                                     f("bushu+latency"), f("bushu each")]) + " |")
+        cells = ["" if w.get(k) is None else f"{w[k]:.2f}" for k in ("onnxsim", "onnxslim", "bushu")]
+        cells += [rel, *("" if w.get(k) is None else f"{w[k]:.2f}" for k in ("bushu off", "bushu+latency",
+                                                                                "bushu each"))]
+        wl.append("| " + " | ".join([res["model"], *cells]) + " |")
 
     th = ["model", "nodes: bushu vs min(onnxsim, onnxslim)", *(f"{e}: bushu ÷ faster of onnxsim/onnxslim (IQR)"
                                                                for e in ENGINES),

@@ -20,5 +20,7 @@ def _constants(model: ir.Model) -> int:
 @register("lift-constants", "turn Constant nodes into initializers", "cleanup")
 def run(model: ir.Model, ctx: PassContext) -> int:
     before = _constants(model)
+    if not before:
+        return 0
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     return before - _constants(model)

@@ -27,8 +27,9 @@ def initializer_bytes(model: ir.Model) -> int:
                 total += v.const_value.nbytes
     for g in graphs(model):
         for n in g:
-            if n.op_type == "Constant" and "value" in n.attributes:
-                total += n.attributes["value"].as_tensor().nbytes
+            attr = n.attributes.get("value") if n.op_type == "Constant" else None
+            if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                total += attr.value.nbytes  # not as_tensor(): its Protocol isinstance check is slow
     return total
 
 
