@@ -97,3 +97,9 @@ def test_target_ort_measures_each_fusion_on_a_real_encoder(torch_zoo):
 def test_unknown_target_says_which_exist():
     with pytest.raises(bushu.BushuError, match="choose generic or ort"):
         bushu.optimize(ir.from_onnx_text(HEAD + ATTENTION), target="tensorrt", latency=False, show_progress=False)
+
+
+def test_skip_pins_a_target_fusion_out():
+    _, result = bushu.optimize(ir.from_onnx_text(HEAD + ATTENTION), target="ort", skip="ort-attention,ort-mha",
+                               latency=False, show_progress=False)
+    assert result and not any(s.name in ("ort-attention", "ort-mha") for s in result.steps)

@@ -190,3 +190,25 @@ def test_neutral_tensors_and_unsqueeze_chains():
     assert ops(after) == ["Relu", "Mul", "Add", "Unsqueeze"]
     assert list(after.graph.node(3).inputs[1].const_value.numpy()) == [0, 2, 3]
     same_outputs(before, after)
+
+
+def test_fold_shape_facts_equal_and_where_on_dims():
+    # torch's expand: Where(Equal(shape, -1), 1, shape) on a shape vector of dims (never negative) and -1s
+    before, after, result = optimize("""
+    g (float[N, M] x, bool[N, M] f) => (int64[4] y, bool[N, M] g) <int64[4] neg = {-1, -1, -1, -1},
+        int64[4] one = {1, 1, 1, 1}, int64[1] m1 = {-1}, int64 i0 = {0}, int64 i1 = {1}, int64[1] ax = {0},
+        bool t = {1}> {
+      s = Shape (x)
+      d0 = Gather (s, i0)
+      u0 = Unsqueeze (d0, ax)
+      d1 = Gather (s, i1)
+      u1 = Unsqueeze (d1, ax)
+      v = Concat <axis = 0> (u0, m1, u1, m1)
+      e = Equal (v, neg)
+      y = Where (e, one, v)
+      a = And (f, t)
+      g = Not (a)
+    }""", "shape-inference", "fold-shape-facts", "eliminate-no-ops", "dead-code")
+    assert sorted(ops(after)) == ["Concat", "Gather", "Gather", "Not", "Shape", "Unsqueeze", "Unsqueeze"]
+    assert result.fired["fold-shape-facts"] == 2  # the Equal to a constant, the Where to a Concat
+    same_outputs(before, after)

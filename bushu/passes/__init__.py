@@ -186,7 +186,7 @@ def optimize(
     ctx = PassContext(PassOptions(fold_size_limit=fold_size_limit))
     work, steps = _sweep(names, work, ctx, verifier if verify == "each" else None, feeds, show_progress)
     if target != "generic":  # engine-specific fusions, each verified and timed (after the generic passes)
-        work, target_steps = ort_target.apply(work, target, ctx, verifier, feeds)
+        work, target_steps = ort_target.apply(work, target, ctx, verifier, feeds, skip=pipeline.split_names(skip))
         steps = [*steps, *target_steps]
     tidy(work)
     # Saved once; the checker, the final check and the latency read that file (one serialization, not four).

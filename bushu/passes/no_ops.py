@@ -5,7 +5,7 @@ Cases (onnxscript's rules and our own, applied in every graph):
 2. ``Dropout`` at inference (no ``training_mode`` or a false one), its mask unused.
 3. ``Cast`` to the type the value already has; ``Expand`` to the shape it already has.
 4. ``Transpose`` with the identity permutation; a ``Transpose`` pair whose permutations cancel.
-5. ``Mul``/``Div`` by ones, ``Add``/``Sub`` of zeros: a scalar, or a tensor whose broadcast keeps ``x``'s shape
+5. ``Mul``/``Div`` by ones, ``Add``/``Sub`` of zeros, ``And`` with true, ``Or`` with false: a scalar, or a tensor whose broadcast keeps ``x``'s shape
    (its rank is at most ``x``'s and each of its dims is 1 or equals ``x``'s static dim) — e.g. a LayerNorm's
    unit scale and zero bias that a TorchScript export leaves as Mul/Add. Where ONNX shape inference lost ``x``'s
    shape (a Reshape to a computed shape), ONNX Runtime's symbolic shape inference is asked (models under 1 GB).
@@ -30,7 +30,8 @@ _RULES = [
 ]
 
 # op -> (the neutral value, whether it may stand on either side)
-_NEUTRAL = {"Mul": (1, True), "Add": (0, True), "Sub": (0, False), "Div": (1, False)}
+_NEUTRAL = {"Mul": (1, True), "Add": (0, True), "Sub": (0, False), "Div": (1, False), "And": (True, True),
+            "Or": (False, True)}
 
 
 def _inference_dropouts(model: ir.Model) -> int:
@@ -136,7 +137,8 @@ def _merge_unsqueezes(model: ir.Model) -> int:
     return count
 
 
-@register("eliminate-no-ops", "remove Identity, inference Dropout, no-op Cast/Transpose/Expand, x*1, x+0", "cleanup")
+@register("eliminate-no-ops", "remove Identity, inference Dropout, no-op Cast/Transpose/Expand, x*1, x+0, x&true, "
+          "Unsqueeze chains", "cleanup")
 def run(model: ir.Model, ctx: PassContext) -> int:
     count = _inference_dropouts(model) + _neutral_operands(model) + apply_rules(model, _RULES)
     count += _merge_unsqueezes(model)

@@ -73,12 +73,12 @@ def check_target(target: str) -> str:
     return target
 
 
-def apply(work: ir.Model, target: str, ctx: PassContext, verifier: Verifier | None, feeds) -> tuple[ir.Model,
-                                                                                                   list[Step]]:
-    """Run ``target``'s fusions on ``work`` one by one, keeping each only when verified and faster."""
+def apply(work: ir.Model, target: str, ctx: PassContext, verifier: Verifier | None, feeds,
+          skip=()) -> tuple[ir.Model, list[Step]]:
+    """Run ``target``'s fusions on ``work`` one by one (but ``skip``), keeping each only when verified and faster."""
     steps: list[Step] = []
     dead_code = registry.get("dead-code")
-    for name in pipeline.TARGETS[check_target(target)]:
+    for name in [n for n in pipeline.TARGETS[check_target(target)] if n not in skip]:
         info = registry.get(name)
         t0 = time.perf_counter()
         candidate = work.clone()

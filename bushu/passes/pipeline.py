@@ -13,6 +13,8 @@ from . import registry
 CLEANUP = [
     "shape-inference",
     "fold-constants",
+    # NOTE: after fold-constants, which leaves the shape vectors as Concats of dims and constants.
+    "fold-shape-facts",
     "eliminate-no-ops",
     "eliminate-no-op-shapes",
     "dead-code",
@@ -62,7 +64,8 @@ TARGETS: dict[str, list[str]] = {
 }
 
 
-def _split(names: str | Sequence[str] | None) -> list[str]:
+def split_names(names: str | Sequence[str] | None) -> list[str]:
+    """``"a, b"`` or ``["a", "b"]`` → ``["a", "b"]``."""
     if names is None:
         return []
     if isinstance(names, str):
@@ -76,8 +79,8 @@ def select(level: str = "extended", passes: str | Sequence[str] | None = None,
     Unknown names raise a :class:`BushuError` that lists the known ones."""
     if level not in LEVELS:
         raise BushuError(f"unknown level '{level}': choose one of {', '.join(LEVELS)}")
-    chosen = _split(passes) or list(LEVELS[level])
-    skipped = set(_split(skip))
+    chosen = split_names(passes) or list(LEVELS[level])
+    skipped = set(split_names(skip))
     for name in [*chosen, *skipped]:
         registry.get(name)
     return [n for n in chosen if n not in skipped]

@@ -59,7 +59,7 @@ _PASSES: dict[str, PassInfo] = {}
 _MODULES = [
     "shape_inference", "fold_constants", "no_ops", "no_op_shapes", "dead_code", "cse", "dedup_initializers",
     "lift_constants", "fold_batchnorm", "fold_conv_affine", "fold_pad", "matmul_to_gemm", "reshape_chain",
-    "constant_chains", "ort_shapes",
+    "constant_chains", "shape_facts", "ort_shapes",
 ]
 _FUSION_MODULES = ["layer_norm", "gelu", "hard_swish", "mish", "softplus", "rms_norm", "softmax",
                    "ort_attention", "ort_mha"]
