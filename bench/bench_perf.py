@@ -65,10 +65,11 @@ def overhead(models, rounds: int, budget: float) -> str:
         feed = synthesize(sess.inputs, shapes=ref.shapes, values=ref.values)
         _bare_loop(sess, feed, 0.2)  # warm the bare loop's session once; bench warms its own every round
         by_median, by_wall = [], []
+        def bench_once(ref=ref):
+            return bushu.bench(ref.source, engines=("ort",), shapes=ref.shapes, values=ref.values, warmup_s=0.05,
+                               budget_s=budget, isolate=False, show_progress=False).rows[0]
+
         for i in range(rounds):
-            def bench_once():
-                return bushu.bench(ref.source, engines=("ort",), shapes=ref.shapes, values=ref.values, warmup_s=0.05,
-                                   budget_s=budget, isolate=False, show_progress=False).rows[0]
             if i % 2 == 0:
                 bare_med, bare_wall = _bare_loop(sess, feed, budget)
                 row = bench_once()
@@ -115,6 +116,90 @@ def coverage(models, engines, repeats: int) -> str:
                            "(kernels + executor) ÷ run (range)", "within 10 %"])
 
 
+def _fit_width(x: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros((*x.shape[:-1], width), np.float32)
+    out[..., :min(width, x.shape[-1])] = x[..., :width]
+    return out
+
+
+def _interleaved(a, b, feed, rounds: int, block: int = 3) -> tuple[float, float, float, str]:
+    """Median ms of ``a`` and ``b`` (sessions) timed in alternating blocks, the median per-round ratio a/b and
+    its IQR."""
+    ta, tb, ratios = [], [], []
+    for s in (a, b):
+        s.run(feed)
+    for i in range(rounds):
+        order = (a, b) if i % 2 == 0 else (b, a)
+        got = {}
+        for s in order:
+            s.run(feed)
+            ts = []
+            for _ in range(block):
+                t0 = time.perf_counter()
+                s.run(feed)
+                ts.append((time.perf_counter() - t0) * 1e3)
+            got[id(s)] = float(np.median(ts))
+        ta.append(got[id(a)])
+        tb.append(got[id(b)])
+        ratios.append(got[id(a)] / got[id(b)])
+    return float(np.median(ta)), float(np.median(tb)), float(np.median(ratios)), _quartiles(ratios)
+
+
+def ncnn_int8(rounds: int) -> str:
+    """ncnn's own INT8 (``bushu convert --to ncnn --int8``) against ncnn FP32: accuracy and interleaved latency."""
+    import tempfile
+
+    from bushu import datasets, zoo
+    from bushu.convert.api import open_converted
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-ncnn-int8-") as tmp:
+        rec = zoo.path("ppocr-rec")
+        shapes = {"x": (1, 3, 48, 320)}
+        calib = [{"x": _fit_width(t.x, 320)} for t in datasets.text_lines(16, seed=100)]
+        test = datasets.text_lines(50, seed=7)
+        cases = [("ppocr-rec", rec, shapes, calib, "word accuracy, 50 rendered lines (width 320)")]
+        cls_test = datasets.text_lines(50, seed=8)
+        cases.append(("ppocr-cls", zoo.path("ppocr-cls"), {"x": (1, 3, 48, 192)},
+                      [{"x": _fit_width(t.x, 192)} for t in datasets.text_lines(16, seed=101)],
+                      "top-1 agreement with FP32, 50 rendered lines"))
+        # (the random-weight torch CNNs are left out: resnet18-like's FP32 outputs reach 1e33, no INT8 can follow)
+        for name, path, shp, feeds, metric in cases:
+            folder = {}
+            results = {}
+            for prec in ("fp32", "int8"):
+                t0 = time.perf_counter()
+                r = bushu.convert(path, "ncnn", os.path.join(tmp, f"{name}-{prec}"), shapes=shp, int8=prec == "int8",
+                                  calib=feeds[:32] if prec == "int8" else None, verify_outputs=prec == "int8")
+                results[prec] = (r, time.perf_counter() - t0)
+                folder[prec] = Path(r.out_dir) if r.out_dir else None
+            r8 = results["int8"][0]
+            if folder["int8"] is None or folder["fp32"] is None:
+                rows.append([name, "error: " + (r8.error or "no INT8 files")[:120], "", "", "", "", "", ""])
+                continue
+            m = bushu.load(path)
+            fp = open_converted("ncnn", folder["fp32"], m, shp)
+            q8 = open_converted("ncnn", folder["int8"], m, shp)
+            if name == "ppocr-rec":
+                def acc(s):
+                    return 100 * float(np.mean([datasets.ppocr_decode(next(iter(s.run({"x": _fit_width(t.x, 320)}).values())))[0]
+                                                == t.text for t in test]))
+                quality = f"FP32 {acc(fp):.0f} % · INT8 {acc(q8):.0f} %"
+            else:
+                def top1(s, f):
+                    return int(np.argmax(next(iter(s.run(f).values()))))
+                feeds_t = [{"x": _fit_width(t.x, 192)} for t in cls_test]
+                quality = f"{100 * float(np.mean([top1(fp, f) == top1(q8, f) for f in feeds_t])):.0f} %"
+            sizes = [(folder[p] / "model.ncnn.bin").stat().st_size / 2**20 for p in ("fp32", "int8")]
+            ms32, ms8, ratio, iqr = _interleaved(fp, q8, feeds[0], rounds)
+            check = f"{r8.verdict}, worst cosine {min(o.cosine for o in r8.outputs):.4f}"
+            rows.append([name, f"{r8.int8_layers}", f"{sizes[0]:.1f} → {sizes[1]:.1f}", f"{metric}: {quality}", check,
+                         f"{ms32:.2f}", f"{ms8:.2f}", f"{ratio:.2f} ({iqr})"])
+    return md_table(rows, ["model", "INT8 layers", "weights MiB", "accuracy", "INT8 vs ORT FP32 (4 calibration feeds)",
+                           "FP32 ms", "INT8 ms",
+                           "speed-up FP32 ÷ INT8, median of rounds (IQR)"])
+
+
 def fraction_of_peak(models, engines, pk) -> str:
     from bushu.inspect import node_costs
 
@@ -159,16 +244,19 @@ def main() -> int:
     pk = peaks(refresh=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     parts = ["## Performance tools (bench, profile)", "",
-             f"Measured {started} with `flock -x /tmp/bushu-quiet.lock .venv/bin/python bench/bench_perf.py "
-             f"{' '.join(sys.argv[1:])}` on {machine()}.", f"Machine peaks: {pk}.",
-             f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f} on {machine().cores} cores "
-             "(other engineers' jobs share this machine: compare only numbers within one table).", "",
+             (f"Measured {started} with `flock -x /tmp/bushu-quiet.lock .venv/bin/python bench/bench_perf.py "
+              f"{' '.join(sys.argv[1:])}` on {machine()}."), f"Machine peaks: {pk}.",
+             (f"Load average (1 min) at the start: {os.getloadavg()[0]:.2f} on {machine().cores} cores "
+              "(other engineers' jobs share this machine: compare only numbers within one table)."), "",
              "### 1. `bushu bench` overhead against a bare loop (ORT, batch 1, short rounds in alternating order)", "",
              overhead(zoo[:2], 4 if args.quick else args.rounds, 0.25), "",
              "### 2. Per-op profile times against end-to-end latency", "",
              coverage(zoo[:3], [e for e in ("ort", "openvino") if e in engines], 1 if args.quick else args.profile_repeats), "",
              "### 3. Fraction of peak FP32 FLOP/s and the fastest engine", "",
              fraction_of_peak(zoo + torch_models, engines, pk), ""]
+    if "ncnn" in engines:
+        parts += ["### 4. ncnn's own INT8 (`bushu convert --to ncnn --int8`) against ncnn FP32 (interleaved)", "",
+                  ncnn_int8(6 if args.quick else 20), ""]
     text = "\n".join(parts)
     print(text)
     if args.out:

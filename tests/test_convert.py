@@ -229,7 +229,7 @@ def cls_calib(tmp_path_factory) -> Path:
 def test_ncnn_int8_conversion(ppocr_cls, cls_calib, tmp_path):
     from bushu.convert import ncnn_int8
 
-    fp32 = bushu.convert(ppocr_cls, "ncnn", tmp_path / "fp32", verify_outputs=False)
+    assert bushu.convert(ppocr_cls, "ncnn", tmp_path / "fp32", verify_outputs=False).error is None
     r = bushu.convert(ppocr_cls, "ncnn", tmp_path / "int8", int8=True, calib=cls_calib)
     assert r, r.render()
     assert r.precision == "int8" and r.int8_layers >= 50 and "INT8" in str(r)
@@ -249,3 +249,27 @@ def test_ncnn_int8_conversion(ppocr_cls, cls_calib, tmp_path):
     assert not (bad / "p").exists()
     with pytest.raises(BushuError, match="bushu quantize"):
         bushu.convert(ppocr_cls, "mnn", tmp_path / "m", int8=True, calib=cls_calib)
+
+
+def test_gather_of_arange_becomes_reshape():
+    from bushu.convert.pnnx_prep import gather_as_reshape
+
+    idx = ",".join(map(str, range(12)))
+    m = ir.from_onnx_text(f"""<ir_version: 8, opset_import: ["": 17]>
+        g (float[12] x) => (float[1,12,1,1] y) <int64[1,12,1,1] i = {{{idx}}}> {{ y = Gather(x, i) }}""")
+    x = np.random.default_rng(0).standard_normal(12).astype(np.float32)
+    want = open_session(m, "ort").run({"x": x})["y"]
+    assert gather_as_reshape(m) == 1
+    assert [n.op_type for n in m.graph] == ["Reshape"] and m.graph.outputs[0].name == "y"
+    np.testing.assert_array_equal(open_session(m, "ort").run({"x": x})["y"], want)
+
+
+def test_ncnn_converts_after_preparation(digits_onnx, silero_vad, tmp_path):
+    # digits-cnn (dynamo export): pnnx alone leaves a Gather of the batch arithmetic; batch 1 + folding fixes it
+    r = bushu.convert(digits_onnx, "ncnn", tmp_path / "digits")
+    assert r and r.outputs[0].max_abs < 1e-4, r.render()
+    # silero VAD: the scalar sr is bound from the zoo's value; pnnx then names what it can't convert
+    s = bushu.convert(silero_vad, "ncnn", tmp_path / "vad", values={"sr": 16000})
+    assert not s and s.unsupported == ("LSTM",) and "sr=16000" in s.error
+    with pytest.raises(ConversionError, match="--value sr="):
+        open_session(silero_vad, "ncnn")  # an engine has no value to bind

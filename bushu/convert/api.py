@@ -73,8 +73,9 @@ class ConvertResult(Result):
         return "\n".join(lines)
 
 
-def _session(target: str, folder: Path, m: ir.Model, shapes: dict, threads: int | None):
-    """A session over converted files (the same session classes the engines use)."""
+def open_converted(target: str, folder: Path, m: ir.Model, shapes: dict, threads: int | None = None):
+    """A session over converted files in ``folder`` (``m``: the ONNX model they came from; the same session
+    classes the engines use)."""
     ins, outs = model_specs(m)
     if target == "ncnn":
         from ..engines.ncnn import NcnnSession
@@ -92,14 +93,14 @@ def _session(target: str, folder: Path, m: ir.Model, shapes: dict, threads: int 
 
 
 # INT8 is checked by direction, not by value: the outputs must point where FP32's do
-INT8_TOL = Tolerance(atol=float("inf"), rtol=0.0, min_cosine=0.99)
+INT8_TOL = Tolerance(atol=float("inf"), rtol=0.0, min_cosine=0.98)
 
 
 def verify(target: str, folder: Path, m: ir.Model, *, shapes: dict, values: dict, seed: int = 0,
            tol: Tolerance = Tolerance(), threads: int | None = None, feeds=None) -> tuple[OutputDiff, ...]:
     """Run the converted model and ONNX Runtime on the same feeds (``feeds``, else one synthesized) and compare
     every output (the worst over the feeds)."""
-    sess = _session(target, folder, m, shapes, threads)
+    sess = open_converted(target, folder, m, shapes, threads)
     feeds = list(feeds) if feeds else [synthesize(sess.inputs, shapes=shapes, values=values, seed=seed)]
     ort_sess = open_session(m, "ort", EngineOptions(threads=threads))
     per_output: dict[str, list[OutputDiff]] = {}
@@ -121,7 +122,7 @@ def _int8(to: str, folder: Path, m: ir.Model, shapes: dict, calib, method: str, 
     from . import ncnn_int8
     from .ncnn import FILES
 
-    sess = _session(to, folder, m, shapes, threads)
+    sess = open_converted(to, folder, m, shapes, threads)
     source, _ = calib_feeds(calib, sess.inputs)
     taken = list(itertools.islice(source, samples))
     done = ncnn_int8.quantize_model(folder, FILES, sess, taken, method)
@@ -184,7 +185,7 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
     tmp = Path(tempfile.mkdtemp(prefix=".bushu-convert-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         try:
-            files = targets.convert_into(data, to, tmp, specs, ref.shapes)
+            files = targets.convert_into(data, to, tmp, specs, ref.shapes, ref.values)
         except ConversionError as e:
             return ConvertResult(ref.label, to, mod.version(), None, (), time.perf_counter() - t0, (),
                                  error=str(e).split(": ", 1)[-1], unsupported=e.unsupported)

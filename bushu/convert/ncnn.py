@@ -82,19 +82,28 @@ def unsupported_layers(param: Path) -> list[str]:
     return bad
 
 
-def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes: Mapping | None = None) -> list[Path]:
-    """Convert ``onnx_path`` into ``out_dir`` (see the module docstring); raises :class:`ConversionError`."""
+BOUND = "model.ncnn.bound.json"  # scalar inputs bound at conversion (see bushu.convert.pnnx_prep)
+
+
+def _ignored(log: str) -> list[str]:
+    """Op types pnnx's ncnn pass says it ignored (``ignore LSTM LSTM_23 param …``): their layer is incomplete."""
+    found = []
+    for line in log.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "ignore" and parts[1] not in found:
+            found.append(parts[1])
+    return found
+
+
+def _pnnx(src: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes: Mapping | None) -> list[Path]:
     pnnx = require("pnnx", extra="ncnn", feature="conversion to ncnn")
-    scalars = [s.name for s in specs if s.shape == ()]
-    if scalars:
-        raise ConversionError("ncnn", f"pnnx takes no scalar inputs ({', '.join(scalars)}): make them constants first "
-                                      "(bushu edit) or use another engine")
     first, second = two_shapes(specs, shapes)
     work = out_dir.resolve() / "pnnx-work"
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    src = work / "model.onnx"
-    shutil.copyfile(onnx_path, src)
-    cmd = [pnnx.EXEC_PATH, str(src), f"inputshape={_arg(specs, first)}", "fp16=0", "device=cpu",
+    model = work / "model.onnx"
+    shutil.copyfile(src, model)
+    cmd = [pnnx.EXEC_PATH, str(model), f"inputshape={_arg(specs, first)}", "fp16=0", "device=cpu",
            f"ncnnparam={work.parent / FILES[0]}", f"ncnnbin={work.parent / FILES[1]}"]
     if second is not None:
         cmd.append(f"inputshape2={_arg(specs, second)}")
@@ -104,7 +113,42 @@ def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes:
     param = out_dir / FILES[0]
     if proc.returncode != 0 or not param.is_file() or not (out_dir / FILES[1]).is_file():
         raise ConversionError("ncnn", f"pnnx exited with {proc.returncode}: {last_lines(log, 2)}", log=log)
-    bad = unsupported_layers(param)
+    bad = unsupported_layers(param) + [t for t in _ignored(log) if t not in unsupported_layers(param)]
     if bad:
         raise ConversionError("ncnn", "pnnx left layers ncnn cannot run", bad, log=log)
     return [out_dir / f for f in FILES]
+
+
+def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes: Mapping | None = None,
+            values: Mapping | None = None) -> list[Path]:
+    """Convert ``onnx_path`` into ``out_dir`` (see the module docstring); raises :class:`ConversionError`.
+
+    The model goes to pnnx as it is; when it has scalar inputs, or pnnx leaves layers ncnn can't run, it goes
+    again after :func:`bushu.convert.pnnx_prep.prepare` (scalars bound from ``values``, batch 1, constants
+    folded). The error then names what is left after both tries.
+    """
+    import json
+
+    from .pnnx_prep import prepare, scalar_inputs
+
+    require("pnnx", extra="ncnn", feature="conversion to ncnn")
+    if not scalar_inputs(specs):
+        try:
+            return _pnnx(onnx_path, out_dir, specs, shapes)
+        except ConversionError as e:
+            if not e.unsupported:
+                raise
+    prepared = out_dir / "prepared.onnx"
+    try:
+        new_specs, bound, note = prepare(onnx_path, prepared, values)
+        try:
+            files = _pnnx(prepared, out_dir, new_specs, shapes)
+        except ConversionError as e:
+            raise ConversionError("ncnn", f"{e.converter_message}, also after bushu's preparation ({note})",
+                                  e.unsupported, log=e.log) from None
+    finally:
+        prepared.unlink(missing_ok=True)
+    if bound:
+        (out_dir / BOUND).write_text(json.dumps(bound))
+        files.append(out_dir / BOUND)
+    return files

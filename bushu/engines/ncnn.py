@@ -10,6 +10,7 @@ there is refused rather than answered with wrong numbers.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,10 +37,14 @@ class NcnnSession:
         if net.load_param(str(param)) != 0 or net.load_model(str(weights)) != 0:
             raise BushuError(f"ncnn could not load {param}: convert again with bushu convert MODEL --to ncnn")
         self._net = net
+        # scalar inputs the conversion made constant (bushu.convert.pnnx_prep): fed values must equal them
+        bound_file = Path(param).parent / "model.ncnn.bound.json"
+        self._bound = json.loads(bound_file.read_text()) if bound_file.is_file() else {}
+        self._fed = [s for s in self.inputs if s.name not in self._bound]
         self._in_names, self._out_names = list(net.input_names()), list(net.output_names())
-        if len(self._in_names) != len(self.inputs) or len(self._out_names) != len(self.outputs):
+        if len(self._in_names) != len(self._fed) or len(self._out_names) != len(self.outputs):
             raise BushuError(f"{param} has {len(self._in_names)} inputs/{len(self._out_names)} outputs but the ONNX "
-                             f"model {len(self.inputs)}/{len(self.outputs)}: the conversion dropped some")
+                             f"model {len(self._fed)}/{len(self.outputs)}: the conversion dropped some")
 
     def _restore(self, spec: TensorSpec, items: list[np.ndarray]) -> np.ndarray:
         out = np.stack(items)
@@ -59,8 +64,12 @@ class NcnnSession:
                  ) -> list[list[np.ndarray]]:
         """Per blob name, its value for each item of the batch (``keep``: intermediate blobs are kept rather than
         recycled, so that any of them can be read)."""
-        arrays = [np.asarray(feeds[s.name]) for s in self.inputs]
-        for spec, a in zip(self.inputs, arrays):
+        for name, value in self._bound.items():
+            if name in feeds and not np.all(np.asarray(feeds[name]) == value):
+                raise BushuError(f"the ncnn model was converted with {name}={value:g} fixed, but got "
+                                 f"{name}={np.asarray(feeds[name]).ravel()[:1][0]}: convert again with --value {name}=…")
+        arrays = [np.asarray(feeds[s.name]) for s in self._fed]
+        for spec, a in zip(self._fed, arrays):
             self._check(spec, a)
         batch = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
         per_item: list[list[np.ndarray]] = [[] for _ in blobs]

@@ -39,10 +39,11 @@ def _profile(d: dict) -> str:
     timed = "kernels and the executor between them" if d.get("executor_ms") is not None else "kernels"
     plain = (f"; unprofiled {d['latency_ms']:.3f} ms (the profiler's slowdown {d['e2e_ms'] / d['latency_ms']:.2f}x)"
              if d.get("latency_ms") else "")
-    out = [f"<p>{escape(d['model'])} on <b>{escape(d['engine'])}</b>: {d['e2e_ms']:.3f} ms per profiled run{plain}; "
-           f"{timed} add up to {100 * accounted:.0f} % of each run "
-           f"{verdict(abs(accounted - 1) <= 0.1, 'within 10 %', 'outside 10 %')} (kernels alone {100 * d['coverage']:.0f} %); "
-           f"machine peak {peaks.get('gflops', 0):.1f} GFLOP/s, {peaks.get('bandwidth_gbs', 0):.1f} GB/s</p>",
+    out = [(f"<p>{escape(d['model'])} on <b>{escape(d['engine'])}</b>: {d['e2e_ms']:.3f} ms per profiled run{plain}; "
+            f"{timed} add up to {100 * accounted:.0f} % of each run "
+            f"{verdict(abs(accounted - 1) <= 0.1, 'within 10 %', 'outside 10 %')} (kernels alone "
+            f"{100 * d['coverage']:.0f} %); machine peak {peaks.get('gflops', 0):.1f} GFLOP/s, "
+            f"{peaks.get('bandwidth_gbs', 0):.1f} GB/s</p>"),
            "<h3>where a profiled run goes</h3>",
            table([list(p) for p in d.get("parts", [])], ["part", "ms (median run)", "share of the run (median)"]),
            "<h3>time by op type</h3>",

@@ -1,0 +1,105 @@
+"""Make an ONNX model pnnx can convert, when it can't convert the model as exported.
+
+pnnx takes no scalar inputs and leaves shape arithmetic it can't fold (a dynamo export's ``Shape → Gather →
+Range`` chains for a dynamic batch, ``as_strided`` lowered to a ``Gather`` of constant indices) as layers ncnn
+has no kernel for. ncnn has no batch dim anyway (a batch runs item by item), so before pnnx:
+
+1. scalar inputs given a value (``--value sr=16000``) become constants (the converted model is valid for that
+   value only; the ncnn session refuses another);
+2. every input's symbolic batch dim is fixed at 1;
+3. constants are folded (onnxscript's optimizer: shape chains, ``If`` on a now-constant condition) and bushu's
+   clean-up passes run;
+4. a ``Gather`` of a 1-D tensor by constant indices that are ``0…n-1`` in order (``as_strided`` after a
+   flatten) becomes the ``Reshape`` it is.
+
+The other dims stay as they were, so pnnx still sees them dynamic where they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from ..engines.base import TensorSpec, model_specs
+from .common import ConversionError
+
+
+def bind_scalars(model: ir.Model, values: Mapping[str, object]) -> dict[str, float]:
+    """Turn each scalar input into a constant of its value in ``values``; returns the bound values."""
+    bound = {}
+    for v in list(model.graph.inputs):
+        if v.shape is not None and len(v.shape) == 0:
+            if v.name not in values:
+                raise ConversionError("ncnn", f"pnnx takes no scalar inputs ({v.name}): give its value "
+                                              f"(--value {v.name}=…) to convert the model for that value")
+            dtype = v.dtype.numpy() if v.dtype is not None else np.float32
+            model.graph.inputs.remove(v)
+            v.const_value = ir.tensor(np.asarray(values[v.name], dtype=dtype), name=v.name)
+            model.graph.register_initializer(v)
+            bound[v.name] = float(np.asarray(values[v.name]))
+    return bound
+
+
+def gather_as_reshape(model: ir.Model) -> int:
+    """Replace ``Gather(x, idx)`` by ``Reshape(x, idx.shape)`` where ``x`` is 1-D of length n and ``idx`` a
+    constant holding 0…n-1 in order; returns how many were replaced."""
+    done = 0
+    for node in list(model.graph):
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        data, idx = node.inputs
+        if data is None or idx is None or idx.const_value is None or data.shape is None or len(data.shape) != 1:
+            continue
+        n = data.shape[0]
+        indices = idx.const_value.numpy()
+        if not isinstance(n, int) or indices.size != n or not np.array_equal(indices.ravel(), np.arange(n)):
+            continue
+        target = ir.Value(name=f"{node.name or 'gather'}_shape", const_value=ir.tensor(np.asarray(indices.shape,
+                                                                                                     np.int64)))
+        model.graph.register_initializer(target)
+        reshape = ir.node("Reshape", [data, target], name=f"{node.name or 'gather'}_as_reshape")
+        model.graph.insert_after(node, reshape)
+        out = node.outputs[0]
+        new = reshape.outputs[0]
+        name, out.name = out.name, None
+        new.name, new.shape, new.type = name, out.shape, out.type
+        out.replace_all_uses_with(new, replace_graph_outputs=True)
+        model.graph.remove(node, safe=True)
+        done += 1
+    return done
+
+
+def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None) -> tuple[list[TensorSpec], dict, str]:
+    """Write the pnnx-ready model (see the module docstring) to ``out_path``; returns its input specs, the bound
+    scalar values and a one-line note of what was done."""
+    import onnxscript.optimizer
+
+    from .. import ir as bir
+    from ..edit import set_dims
+    from ..passes import optimize
+
+    model = bir.load(onnx_path)
+    bound = bind_scalars(model, values or {})
+    batch = {}
+    for v in model.graph.inputs:
+        first = v.shape[0] if v.shape is not None and len(v.shape) else None
+        if isinstance(first, ir.SymbolicDim) and first.value:
+            batch[first.value] = 1
+    if batch:
+        set_dims(model, batch)
+    onnxscript.optimizer.optimize(model)
+    model, _ = optimize(model, level="basic", verify="off", latency=False, show_progress=False)
+    gathers = gather_as_reshape(model)
+    bir.save(model, out_path, force=True)
+    specs, _ = model_specs(model)
+    what = [f"bound {', '.join(f'{k}={v:g}' for k, v in bound.items())}" if bound else "",
+            "batch fixed at 1" if batch else "", "constants folded",
+            f"{gathers} Gather(0…n-1) as Reshape" if gathers else ""]
+    return specs, bound, "; ".join(w for w in what if w)
+
+
+def scalar_inputs(specs: Sequence[TensorSpec]) -> list[str]:
+    return [s.name for s in specs if s.shape == ()]
