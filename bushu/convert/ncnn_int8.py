@@ -8,8 +8,9 @@ Those tools are not in the ``ncnn``/``pnnx`` wheels nor in Debian, so this modul
 
 1. **Calibration** (``ncnn2table``): the FP32 ncnn model runs on the calibration feeds and every quantized
    layer's input blob is streamed into a :class:`bushu.quant.observers.HistogramObserver` of its absolute
-   values; the blob's threshold is the KL-divergence one (ncnn2table's default ``method=kl``) or the max
-   (``minmax``); its scale is ``127 / threshold``. Weight scales are ``127 / max|w|`` per output channel (per
+   values; the blob's threshold is the max (``minmax``) or the KL-divergence one (ncnn2table's default
+   ``method=kl``; zeros are left out of its histogram as ncnn2table does: with them, the spike at 0 of a ReLU
+   output hides the tail and KL clipped PP-OCR cls to cosine 0.63); its scale is ``127 / threshold``. Weight scales are ``127 / max|w|`` per output channel (per
    group for depthwise).
 2. **Rewrite** (``ncnn2int8``): the param file gets ``8=1`` on those layers; the bin file is walked layer by layer
    (each layer type's ``load_model`` order, below), their FP32 weights are replaced by INT8 and the scales are
@@ -239,14 +240,18 @@ def thresholds(session, feeds: Iterable[Mapping[str, np.ndarray]], layers: Seque
     for feed in feeds:
         for name, arrays in session.blobs(feed, blobs).items():
             for a in arrays:
-                observers[name].update(np.abs(a))
+                a = np.abs(a)
+                observers[name].update(a[a != 0] if method == "kl" else a)  # as ncnn2table: zeros skipped for KL
         n += 1
     if n == 0:
         raise BushuError("ncnn INT8 needs calibration data: the calibration set is empty")
     out = {}
     for layer in layers:
         obs = observers[layer.bottoms[0]]
-        out[layer.name] = float(obs.max) if method == "minmax" else float(obs._kl_threshold(128))
+        if obs.count == 0:  # all zeros: any scale will do
+            out[layer.name] = 0.0
+        else:
+            out[layer.name] = float(obs.max) if method == "minmax" else float(obs._kl_threshold(128))
     return out
 
 
