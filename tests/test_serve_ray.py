@@ -100,3 +100,36 @@ def test_ray_refuses_what_it_does_not_do(option, ppocr_cls):
 
     with pytest.raises(BushuError, match="--ray"):
         bushu.serve(ppocr_cls, ray=True, **option)
+
+
+def test_metrics_hub_sums_replicas_and_drops_silent_queues(monkeypatch):
+    from bushu.serve import ray_serve
+    from bushu.serve.metrics import Row
+    from bushu.serve.model import Timing
+    from bushu.serve.stats import ModelStats
+
+    a, b = ModelStats(), ModelStats()
+    a.execution(2, Timing(1000, 2000, 3000), 1)
+    a.request(True, 9000, 500)
+    b.execution(8, Timing(1000, 2000, 3000), 8)
+    for _ in range(8):
+        b.request(False, 4000, 1000)
+    hub = ray_serve.MetricsHub()
+    hub.report("r1", [Row("cls", "1", a, 3)])
+    hub.report("r2", [Row("cls", "1", b, 4)])
+
+    def value(text, name, labels='model="cls",version="1"'):
+        return next(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(f"{name}{{{labels}}}"))
+
+    text = hub.exposition().decode()
+    assert value(text, "nv_inference_request_success") == 1 and value(text, "nv_inference_request_failure") == 8
+    assert value(text, "nv_inference_count") == 10 and value(text, "nv_inference_exec_count") == 2
+    assert value(text, "nv_inference_request_duration_us") == (9000 + 8 * 4000) // 1000
+    assert value(text, "nv_inference_pending_request_count") == 7
+    assert value(text, "bushu_batch_size_bucket", 'model="cls",version="1",le="4"') == 1
+    assert value(text, "bushu_batch_size_sum") == 10
+    t0 = ray_serve.time.monotonic()
+    monkeypatch.setattr(ray_serve.time, "monotonic", lambda: t0 + 2 * hub.STALE_S)
+    hub.report("r1", [Row("cls", "1", a, 3)])  # r2 has gone silent: its counts stay, its queue doesn't
+    text = hub.exposition().decode()
+    assert value(text, "nv_inference_count") == 10 and value(text, "nv_inference_pending_request_count") == 3

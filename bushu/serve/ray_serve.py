@@ -12,7 +12,7 @@ replica's counts stay after it stops, so they never go down), the queue depth th
 lag by up to a second. gRPC (``GRPCInferenceService``) is served by the driver process, which forwards each call as
 bytes to a replica of the model it names; the replica answers with the single-process server's servicer. What differs
 from the single-process server: per-model statistics (``/stats``, ``ModelStatistics``) are those of the replica that
-answers; repository load/unload is not served. Ray runs without its token auth (``RAY_AUTH_MODE=disabled``) so
+answers; repository load/unload is not served, and ``--poll``/``--allow-model-control`` are refused. Ray runs without its token auth (``RAY_AUTH_MODE=disabled``) so
 nothing is written under the home folder.
 """
 
@@ -114,13 +114,13 @@ class MetricsHub:
         from .metrics import Row, render
         from .stats import ModelStats
 
-        now, groups = time.monotonic(), {}
+        now, parts, depth = time.monotonic(), {}, {}
         for t, rows in self._reports.values():
             for r in rows:
-                g = groups.setdefault((r.model, r.version), ([], [0]))
-                g[0].append(r.stats)
-                g[1][0] += r.queue_depth if now - t < self.STALE_S else 0
-        return render([Row(m, v, ModelStats.total(parts), q[0]) for (m, v), (parts, q) in sorted(groups.items())])
+                key = (r.model, r.version)
+                parts.setdefault(key, []).append(r.stats)
+                depth[key] = depth.get(key, 0) + (r.queue_depth if now - t < self.STALE_S else 0)
+        return render([Row(m, v, ModelStats.total(parts[m, v]), depth[m, v]) for m, v in sorted(parts)])
 
 
 class Ingress:
