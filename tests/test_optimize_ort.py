@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -92,6 +94,17 @@ def test_target_ort_measures_each_fusion_on_a_real_encoder(torch_zoo):
         assert "ORT latency fused/unfused x" in note and "IQR" in note
     has_attention = any(n.op_type == "Attention" for n in out.graph)
     assert has_attention == (step.status == "kept")
+
+
+def test_cli_target_ort(cli, tmp_path):
+    src, out = tmp_path / "attention.onnx", tmp_path / "attention.ort.onnx"
+    bushu.save(ir.from_onnx_text(HEAD + ATTENTION), src)
+    r = cli("optimize", src, "-o", out, "--target", "ort", "--json", "-q", "--no-latency")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert any(n.startswith("--target ort: ort-attention") for n in data["notes"]), data["notes"]
+    r = cli("optimize", src, "-o", out, "--target", "trt", "--force")
+    assert r.returncode == 2 and "generic" in r.stderr
 
 
 def test_unknown_target_says_which_exist():

@@ -134,9 +134,10 @@ class _Affine(base.Fusion):
             return "the added/multiplied value is not a constant that fits the normalized dims"
         if (len(node.inputs) > 2 and node.inputs[2] is not None and b is None) or cv.dtype != s.dtype:
             return "the bias is not constant or the types differ"
-        cv = np.broadcast_to(cv.reshape(cv.shape[max(0, cv.ndim - k):]), s.shape)
-        if cv.shape != s.shape:
+        cv = cv.reshape(cv.shape[max(0, cv.ndim - k):])
+        if cv.ndim > s.ndim or any(c not in (1, d) for c, d in zip(cv.shape[::-1], s.shape[::-1])):
             return "the constant would broadcast beyond the normalized dims"
+        cv = np.broadcast_to(cv, s.shape)
         self._s, self._b, self._c, self._k, self._eps = s, b, cv, k, node.attributes.get_float("epsilon", 1e-5)
         return None
 

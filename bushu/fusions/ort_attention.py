@@ -126,6 +126,44 @@ def _projection(x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value] | None:
     return None
 
 
+def _scaled(v: ir.Value) -> tuple[ir.Node, float] | str:
+    """(the MatMul, the scale) of ``v = MatMul(..) [* c | / c]``, or why not."""
+    node = v.producer()
+    if node is None or node.domain != "":
+        return "the scores are not a MatMul"
+    if node.op_type == "MatMul":
+        return node, 1.0
+    if node.op_type not in ("Mul", "Div"):
+        return "the scores are not a MatMul"
+    a, b = node.inputs
+    for s, c in ([(a, b), (b, a)] if node.op_type == "Mul" else [(a, b)]):
+        cv, mm = const(c), s.producer()
+        if cv is not None and cv.size == 1 and mm is not None and mm.op_type == "MatMul" and mm.domain == "":
+            if _only_user(s) is not node:
+                return "the raw scores have other readers"
+            k = float(cv.reshape(-1)[0])
+            return mm, (k if node.op_type == "Mul" else 1.0 / k)
+    return "the scores are scaled by a non-constant"
+
+
+def _scores(v: ir.Value) -> tuple[ir.Node, float, ir.Value | None] | str:
+    """(the q @ kT MatMul, the scale, the added mask or None) under a Softmax input, or why not."""
+    add = v.producer()
+    if add is None or add.op_type != "Add" or add.domain != "":
+        found = _scaled(v)
+        return found if isinstance(found, str) else (*found, None)
+    why = "no attention scores under the mask Add"
+    for s, m in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
+        if _only_user(s) is not add:
+            continue
+        found = _scaled(s)
+        if isinstance(found, str):
+            why = found
+        elif _heads(found[0].inputs[0]) is not None:
+            return (*found, m)
+    return why
+
+
 class _Block:
     """One matched attention block, or the reason it was refused (``why``)."""
 
@@ -152,31 +190,11 @@ class _Block:
         if r is None or r.op_type != "Reshape" or r.outputs[0].shape is None or len(r.outputs[0].shape) != 3:
             raise _Refuse("the context is not reshaped to (B,S,D)")
         self.out = r
-        # scores = q @ kT [* scale | / scale] [+ mask]
-        node, self.mask, self.scale = scores.producer(), None, 1.0
-        if node is not None and node.op_type == "Add" and node.domain == "":
-            for s, m in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
-                inner = s.producer()
-                if inner is not None and inner.op_type in ("Mul", "Div", "MatMul") and _only_user(s) is node:
-                    node, self.mask = inner, m
-                    break
-            else:
-                raise _Refuse("no attention scores under the mask Add")
-        if node is not None and node.op_type in ("Mul", "Div") and node.domain == "":
-            a, b = node.inputs
-            for s, c in ([(a, b), (b, a)] if node.op_type == "Mul" else [(a, b)]):
-                cv = const(c)
-                if cv is not None and cv.size == 1 and s.producer() is not None and s.producer().op_type == "MatMul":
-                    if _only_user(s) is not node:
-                        raise _Refuse("the raw scores have other readers")
-                    v = float(cv.reshape(-1)[0])
-                    self.scale = v if node.op_type == "Mul" else 1.0 / v
-                    node = s.producer()
-                    break
-            else:
-                raise _Refuse("the scores are scaled by a non-constant")
-        if node is None or node.op_type != "MatMul" or node.domain != "":
-            raise _Refuse("the scores are not a MatMul")
+        # scores = q @ kT [* scale | / scale] [+ mask]: the mask is the Add operand the rest doesn't match
+        found = _scores(scores)
+        if isinstance(found, str):
+            raise _Refuse(found)
+        node, self.scale, self.mask = found
         q, kt, v = _heads(node.inputs[0]), _heads_t(node.inputs[1]), _heads(pv.inputs[1])
         if q is None or kt is None or v is None:
             raise _Refuse("Q, K or V is not a Reshape+Transpose into heads of one (B,S,D) value")
