@@ -154,3 +154,66 @@ def test_attention_mask_and_softmax_arithmetic_stay_float(attention):
     ref = open_session(attention, "ort").run(feed)["y"]
     out = open_session(q, "ort").run(feed)["y"]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+
+
+SE_BLOCK = """
+<ir_version: 8, opset_import: ["" : 14]>
+se (float[1,3,8,8] x, float[8,3,3,3] w1, float[8] b1, float[4,8,1,1] wf1, float[4] bf1, float[8,4,1,1] wf2,
+    float[8] bf2, float[8,8,1,1] w3, float[8] b3) => (float[1,8,8,8] y) {
+  c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+  h = HardSwish (c1)
+  g = GlobalAveragePool (h)
+  f1 = Conv (g, wf1, bf1)
+  r = Relu (f1)
+  f2 = Conv (r, wf2, bf2)
+  s = HardSigmoid <alpha = 0.16666667, beta = 0.5> (f2)
+  m = Mul (h, s)
+  c3 = Conv (m, w3, b3)
+  hs = HardSigmoid <alpha = 0.16666667, beta = 0.5> (c3)
+  y = Mul (c3, hs)
+}
+"""
+
+
+@pytest.fixture
+def se_block():
+    rng = np.random.default_rng(0)
+
+    def w(*shape):
+        return (rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]) or 1)).astype(np.float32)
+
+    return build(SE_BLOCK, {"w1": w(8, 3, 3, 3), "b1": w(8), "wf1": w(4, 8, 1, 1), "bf1": w(4), "wf2": w(8, 4, 1, 1),
+                            "bf2": w(8), "w3": w(8, 8, 1, 1), "b3": w(8)})
+
+
+def test_openvino_preset_fuses_hardswish_and_leaves_squeeze_excite_gates_float(se_block):
+    """OpenVINO runs Conv+HardSwish as one kernel: the Q goes after the HardSwish; the SE gate's two 1×1-map Convs
+    stay float, its pool reads int8 and gives float; the gated Mul and both its inputs are quantized (NNCF's
+    placement); a written-out HardSwish (Mul(x, HardSigmoid(x))) stays float behind its Conv's Q/DQ."""
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    q, p = quantized(se_block, "openvino", {"x": x})
+    assert sorted(n.inputs[0].name for n in by_op(q, "QuantizeLinear")) == ["c3", "h", "m", "s", "x"]
+    assert consumers_of(q, "c1") == ["HardSwish"]
+    assert sorted(p.reasons) == ["n3_Conv", "n5_Conv"] and all("squeeze-excite" in r for r in p.reasons.values())
+    assert [w.node for w in p.weights] == ["n0_Conv", "n8_Conv"]
+    assert by_op(q, "GlobalAveragePool")[0].inputs[0].producer().op_type == "DequantizeLinear"
+    assert consumers_of(q, "g") == ["Conv"]
+    mul = q.graph.outputs[0].producer()
+    assert sorted(v.producer().op_type for v in mul.inputs) == ["DequantizeLinear", "HardSigmoid"]
+    for engine in ("ort", "openvino"):
+        ref = open_session(se_block, engine).run({"x": x})["y"]
+        out = open_session(q, engine).run({"x": x})["y"]
+        assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.999, engine
+
+
+def test_ort_preset_quantizes_squeeze_excite_convs_and_keeps_written_out_hardswish_float(se_block):
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    q, p = quantized(se_block, "ort", {"x": x})
+    assert {w.node for w in p.weights} == {"n0_Conv", "n3_Conv", "n5_Conv", "n8_Conv"} and p.reasons == {}
+    quantized_tensors = {n.inputs[0].name for n in by_op(q, "QuantizeLinear")}
+    assert "c3" in quantized_tensors and "hs" not in quantized_tensors
+    mul = q.graph.outputs[0].producer()
+    assert sorted(v.producer().op_type for v in mul.inputs) == ["DequantizeLinear", "HardSigmoid"]
+    ref = open_session(se_block, "ort").run({"x": x})["y"]
+    out = open_session(q, "ort").run({"x": x})["y"]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.999

@@ -21,6 +21,13 @@ execute. Rules, in order:
 * Case 7: the output of a MatMul/Gemm is quantized only when a consumer takes it quantized: ONNX Runtime runs
   DQ → MatMul → float as one integer kernel (MatMulIntegerToFloat, QGemm with float output), and transformers'
   projections feed a float bias Add and residual stream whose outliers a per-tensor uint8 scale would crush.
+  Likewise a global/average pool's output, which engines compute from int8 into float.
+* Case 8: squeeze-excite gates — ``Mul(x, gate(Conv(act(Conv(pool(x))))))`` — keep their Convs in float when the
+  preset says so (OpenVINO, as NNCF's SE-block pattern does): they run on a 1×1 map, where Q/DQ and reorders cost
+  more than an int8 kernel saves. ``x``, the gate's output and the Mul stay quantized.
+* Case 9: HardSwish written out as ``x * HardSigmoid(x)`` stays in float: no engine has an integer HardSigmoid, and
+  ONNX Runtime's DQ → HardSigmoid → Q + QLinearMul took longer than the float pair between the Conv's Q/DQ
+  (PP-OCRv4 rec after ``bushu optimize`` wrote its HardSwish that way: INT8 1.03× FP32 instead of 1.25×).
 
 Graph outputs are never quantized: the model's results stay in float.
 """
@@ -34,7 +41,13 @@ import onnx_ir as ir
 
 from .spec import FOLDABLE_ACTIVATIONS, EnginePreset
 
+_GATES = frozenset({"HardSigmoid", "Sigmoid"})
+_POOLS = frozenset({"GlobalAveragePool", "ReduceMean"})
+_GATE_BODY = frozenset({"Conv", "Relu", "Clip", "HardSwish", "LeakyRelu", "Add"})
+
 _INT_TYPES = {ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL}
+# Ops whose output stays float unless a consumer takes it quantized (Case 7).
+_FLOAT_OUT = frozenset({"MatMul", "Gemm", "GlobalAveragePool", "AveragePool"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +114,40 @@ def _float_region(graph: ir.Graph) -> set[str]:
     return region
 
 
+def squeeze_excite(graph: ir.Graph) -> set[str]:
+    """Case 8: names of the nodes between the pool and the gate of every squeeze-excite block."""
+    found: set[str] = set()
+    for mul in graph:
+        if mul.op_type != "Mul" or len(mul.inputs) != 2 or any(v is None for v in mul.inputs):
+            continue
+        for x, g in (mul.inputs, mul.inputs[::-1]):
+            gate = g.producer()
+            if gate is None or gate.op_type not in _GATES:
+                continue
+            body, v = [], gate.inputs[0]
+            while (p := v.producer()) is not None and p.op_type in _GATE_BODY:
+                body.append(p)
+                acts = [i for i in p.inputs if i is not None and not _is_const(i)]
+                if len(acts) != 1:
+                    break
+                v = acts[0]
+            p = v.producer()
+            if p is not None and p.op_type in _POOLS and p.inputs[0] is x and any(n.op_type == "Conv" for n in body):
+                found.update(n.name for n in body)
+    return found
+
+
+def _is_hardswish(node: ir.Node) -> bool:
+    """``Mul(x, HardSigmoid(x))``: HardSwish written out (ONNX Runtime inlines it; opsets below 14 lack it)."""
+    if node.op_type != "Mul" or len(node.inputs) != 2:
+        return False
+    for x, h in (node.inputs, node.inputs[::-1]):
+        p = h.producer() if h is not None else None
+        if p is not None and p.op_type == "HardSigmoid" and p.inputs[0] is x:
+            return True
+    return False
+
+
 def weight_axis(node: ir.Node) -> int | None:
     w = node.inputs[1]
     rank = len(w.shape) if w.shape is not None else (len(w.const_value.shape) if w.const_value is not None else None)
@@ -130,6 +177,7 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
     graph = model.graph
     outputs = {v.name for v in graph.outputs}
     region = _float_region(graph)
+    se = squeeze_excite(graph) if preset.float_se else set()
     qparams_of: dict[str, str] = {}  # tensor -> tensor whose range it takes
     weights: list[WeightSpec] = []
     folded: list[str] = []
@@ -149,13 +197,13 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
         qparams_of.setdefault(v.name, v.name)
 
     def takes_quantized(user: ir.Node) -> bool:
-        if user_float(user) or user.name in region:
+        if user_float(user) or user.name in region or user.name in se:
             return False
         if user.op_type in preset.compute_ops or user.op_type in preset.shared_ops:
             return True
         if user.op_type in preset.arith_ops:
             return all(v is not None and not _is_const(v) for v in user.inputs)
-        if user.op_type in FOLDABLE_ACTIVATIONS:
+        if user.op_type in preset.post_ops:
             return any(takes_quantized(u) for u in user.outputs[0].consumers())
         return False
 
@@ -163,20 +211,22 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
         out = node.outputs[0]
         if out.name in outputs:
             return
-        if node.op_type in ("MatMul", "Gemm") and not any(takes_quantized(u) for u in out.consumers()):
-            return  # Case 7: engines run DQ → MatMul/Gemm → float as one kernel (MatMulIntegerToFloat, QGemm)
+        if node.op_type in _FLOAT_OUT and not any(takes_quantized(u) for u in out.consumers()):
+            return  # Case 7: engines run DQ → MatMul/Gemm/pool → float as one kernel (MatMulIntegerToFloat, QGemm)
         users = out.consumers()
         act = users[0] if len(users) == 1 else None
-        if (act is not None and act.op_type in FOLDABLE_ACTIVATIONS and _clip_from_zero(act)
-                and act.outputs[0].name not in outputs and user_float(act) is None):
-            if preset.fold_activations and preset.activations.qmin == 0:
+        if (act is not None and act.op_type in preset.post_ops and act.outputs[0].name not in outputs
+                and user_float(act) is None):
+            if (preset.fold_activations and preset.activations.qmin == 0 and act.op_type in FOLDABLE_ACTIVATIONS
+                    and _clip_from_zero(act)):
                 folded.append(act.name)
                 qparams_of[out.name] = act.outputs[0].name
                 # the activation's output becomes the producer's output: already quantized, nothing to insert
                 qparams_of[act.outputs[0].name] = act.outputs[0].name
-            else:
+                return
+            if not preset.fold_activations:
                 qparams_of[act.outputs[0].name] = act.outputs[0].name
-            return
+                return
         qparams_of[out.name] = out.name
 
     for node in graph:
@@ -186,6 +236,9 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
         if op in preset.compute_ops:
             if why:
                 reasons[node.name] = why
+                continue
+            if node.name in se:
+                reasons[node.name] = "squeeze-excite gate (1×1 map: float is faster)"
                 continue
             if not acts or not all(_is_float(v) for v in acts):
                 reasons[node.name] = "no float activation input"
@@ -211,6 +264,8 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
         elif op in preset.arith_ops:
             if why or node.name in region or not acts or len(acts) != len([i for i in node.inputs if i is not None]):
                 continue
+            if _is_hardswish(node):
+                continue  # Case 9
             if not all(_is_float(v) for v in acts) or not any(v.name in qparams_of for v in acts):
                 continue
             for v in acts:

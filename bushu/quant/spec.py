@@ -57,6 +57,9 @@ SHARED_OPS = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze",
 ARITH_OPS = frozenset({"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"})
 # Activations an engine can fold into the producer's QuantizeLinear (the Q clamps at its range).
 FOLDABLE_ACTIVATIONS = frozenset({"Relu", "Clip"})
+# Activations OpenVINO runs as a post-op of the Conv/MatMul before them (Conv+HardSwish is one kernel there): the
+# quantization goes after the activation, never between it and its producer.
+POST_OPS = frozenset({"Relu", "Clip", "HardSwish"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +74,21 @@ class EnginePreset:
     shared_ops: frozenset = SHARED_OPS
     # Fold Relu/Clip(0, …) into the producer's uint8 Q (ORT's QDQ fusions expect DQ → Conv → Q, no Relu between).
     fold_activations: bool = True
+    # Activations quantized at their output, not their input, when they follow a quantized Conv/Gemm/MatMul.
+    post_ops: frozenset = FOLDABLE_ACTIVATIONS
+    # Rebuild HardSwish from x * HardSigmoid(x) (ONNX Runtime's optimizer inlines it): OpenVINO fuses Conv+HardSwish.
+    hardswish: bool = False
+    # Leave squeeze-excite gates (pool → Conv → act → Conv → sigmoid, 1×1 spatial) in float: a few hundred MACs
+    # each, where Q/DQ and reorders cost more than the int8 kernel saves (NNCF's ignored SE-block pattern).
+    float_se: bool = False
 
 
 PRESETS: dict[str, EnginePreset] = {
     "ort": EnginePreset("ort", activations=UINT8, weights=INT8_SYM),
     # Symmetric: OpenVINO 2026.4 returned wrong outputs for activations with a non-zero zero point (digits CNN
     # top-1 0.99 → 0.67, uint8 or asymmetric int8), correct and 1.5× faster than FP32 with zero point 0.
-    "openvino": EnginePreset("openvino", activations=INT8_SYM, weights=INT8_SYM, fold_activations=False),
+    "openvino": EnginePreset("openvino", activations=INT8_SYM, weights=INT8_SYM, fold_activations=False,
+                             post_ops=POST_OPS, hardswish=True, float_se=True),
 }
 
 

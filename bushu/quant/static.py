@@ -22,7 +22,7 @@ from .budget import Accuracy, accuracy
 from .calibrate import Calibration, calibrate
 from .convert import clone, convert
 from .prepare import prepare
-from .spec import FOLDABLE_ACTIVATIONS, QuantConfig
+from .spec import QuantConfig
 
 RANGE_METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -35,7 +35,7 @@ def observable(model: ir.Model, config: QuantConfig) -> list[str]:
     names = set(plan(model, p, include=config.include, exclude=config.exclude, keep_float=config.keep_float).observed)
     outs = {v.name for v in model.graph.outputs}
     for node in model.graph:
-        if node.op_type in p.compute_ops or node.op_type in p.arith_ops or node.op_type in FOLDABLE_ACTIVATIONS:
+        if node.op_type in p.compute_ops or node.op_type in p.arith_ops or node.op_type in p.post_ops:
             names.update(v.name for v in (*node.inputs, *node.outputs) if v is not None and v.name not in outs
                          and v.dtype == ir.DataType.FLOAT and v.const_value is None and not v.is_initializer())
     return sorted(names)
@@ -66,7 +66,7 @@ class Session:
     def start(cls, model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], config: QuantConfig, *,
               heldout: list[Feed] | None = None, total: int | None = None,
               transforms: Sequence[Callable[[ir.Model, list[Feed]], list[str]]] = ()) -> Session:
-        prepared, notes = prepare(model)
+        prepared, notes = prepare(model, hardswish=config.preset.hardswish)
         if transforms:  # float-model algorithms (CLE, SmoothQuant) that change weights before calibration
             feeds = iter(feeds)
             sample = list(itertools.islice(feeds, config.heldout))
