@@ -93,14 +93,20 @@ def get(name: str) -> PassInfo:
     return _PASSES[name]
 
 
+# The standard ONNX ops with graph attributes; nodes of other default-domain ops are not searched for subgraphs.
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
 def graphs(model: ir.Model) -> list[ir.Graph]:
-    """The main graph and every subgraph (If/Loop/Scan bodies), outermost first (depth first, as onnx-ir's
-    ``Graph.subgraphs()`` orders them — which visits every node through a generic recursive iterator, several
-    times slower than reading the graph attributes directly)."""
+    """The main graph and every subgraph (If/Loop/Scan bodies, and graph attributes of non-standard ops),
+    outermost first, depth first as onnx-ir's ``Graph.subgraphs()`` orders them — which visits every node through
+    a generic recursive iterator, several times slower; this reads only the attributes that can hold graphs."""
     found = [model.graph]
 
     def walk(graph: ir.Graph) -> None:
         for node in graph:
+            if node.op_type not in _CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+                continue
             for attr in node.attributes.values():
                 if attr.type == ir.AttributeType.GRAPH:
                     subs = [attr.as_graph()]
