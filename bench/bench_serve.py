@@ -332,7 +332,7 @@ def main() -> None:
             extra = per_round(ins, "p50_ms", outs, "p50_ms", lambda i, o: o - i)
             p50_row = len(rows)
             rows.append(("p50 latency, batch 1, 1 client", "cls", f"{a:.3f} ms in-process", f"{b:.3f} ms served",
-                         "+" + spread(extra, "{:.3f}") + " ms", "≤ +1 ms" + (" ✓" if np.median(extra) <= 1 else " ✗"),
+                         spread(extra, "{:+.3f}") + " ms", "≤ +1 ms" + (" ✓" if np.median(extra) <= 1 else " ✗"),
                          sum(r["errors"] for r in outs)))
             rows.append(("p50 latency, GET /v2/health/live, 1 client (the HTTP round trip alone)", "", "",
                          f"{med(live, 'p50_ms'):.3f} ms", "", "", sum(r["errors"] for r in live)))
@@ -368,7 +368,7 @@ def main() -> None:
             extra = per_round(ins, "p50_ms", outs, "p50_ms", lambda i, o: o - i)
             rows.insert(p50_row + 1, ("p50 latency, batch 1, 1 client, 1 intra-op thread on both sides", "cls",
                                       f"{med(ins, 'p50_ms'):.3f} ms in-process", f"{med(outs, 'p50_ms'):.3f} ms served",
-                                      "+" + spread(extra, "{:.3f}") + " ms",
+                                      spread(extra, "{:+.3f}") + " ms",
                                       "≤ +1 ms" + (" ✓" if np.median(extra) <= 1 else " ✗"), sum(r["errors"] for r in outs)))
             for m in ("cls", "mnv3"):
                 body, hdr = binary_body(inputs[m][0], x_of(m, 1))
