@@ -192,3 +192,21 @@ def test_adaround_is_opt_in_in_the_pipeline(digits_onnx):
     test = [{"input": x_te}]  # neither calibrated nor learned on
     ref = run_all(bushu.load(digits_onnx), test)
     assert accuracy(ref, run_all(ada.model, test)).snr_db >= accuracy(ref, run_all(plain.model, test)).snr_db
+
+
+def test_adaround_handles_depthwise_and_padded_convs():
+    rng = np.random.default_rng(0)
+    f = np.float32
+    model = build(SEPARABLE, {"w1": rng.normal(size=(8, 4, 1, 1)).astype(f), "b1": rng.normal(size=8).astype(f),
+                              "wd": rng.normal(size=(8, 1, 3, 3)).astype(f), "bd": rng.normal(size=8).astype(f),
+                              "w2": rng.normal(size=(6, 8, 1, 1)).astype(f)})
+    feeds = [{"x": rng.normal(size=(1, 4, 8, 8)).astype(f)} for _ in range(8)]
+    s = Session.start(model, feeds, QuantConfig(progress=False, cle=False),
+                      heldout=[{"x": rng.normal(size=(1, 4, 8, 8)).astype(f)} for _ in range(4)])
+    p = s.plan()
+    ranges = s.ranges("mse", p)
+    four = dataclasses.replace(s.config.preset, weights=QType("int8", symmetric=True, bits=4))
+    nearest, learned = convert(clone(s.model), p, ranges, four), convert(clone(s.model), p, ranges, four)
+    assert adaround.apply(s.model, learned, p.weights, feeds, four.weights, iterations=300).startswith(
+        "AdaRound: 3 layers")  # 1×1 conv, depthwise 3×3 (group 8, pads 1), 1×1 conv
+    assert s.score(learned).snr_db > s.score(nearest).snr_db

@@ -44,7 +44,8 @@ def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig,
     else:
         q, p, steps, met, method = _meet_budget(s, budget, methods[:2], notes)
     if config.adaround:  # before bias correction: it measures the shift the final rounding leaves
-        notes.append(adaround.apply(s.model, q, p.weights, s.heldout, config.preset.weights))
+        notes.append(adaround.apply(s.model, q, p.weights, s.heldout, config.preset.weights,
+                                    show_progress=config.progress))
     if config.bias_correction:
         notes.append(bias_correction.apply(s, q))
     acc = s.score(q)

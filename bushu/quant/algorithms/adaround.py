@@ -24,6 +24,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from ...progress import progress
 from ..calibrate import exposed
 from ..qmath import np_dtype
 from ..spec import QType
@@ -165,7 +166,7 @@ def layers(float_model: ir.Model, q: ir.Model, weights) -> list[_Layer]:
 
 
 def apply(float_model: ir.Model, q: ir.Model, weights, feeds, qt: QType, *, iterations: int = ITERATIONS,
-          seed: int = 0) -> str:
+          seed: int = 0, show_progress: bool = False) -> str:
     """Re-round the integer weights of ``q`` (converted from ``float_model`` with ``weights`` of its plan, weights
     stored as ``qt``) on the layers' float inputs over ``feeds``; returns a note for the result."""
     found = layers(float_model, q, weights)
@@ -187,15 +188,15 @@ def apply(float_model: ir.Model, q: ir.Model, weights, feeds, qt: QType, *, iter
             grams[i] = g if grams[i] is None else grams[i] + g
             rows[i] += cols.shape[1]
     with _one_thread():
-        changed, done = _learn_all(found, grams, rows, qt, iterations)
+        changed, done = _learn_all(found, grams, rows, qt, iterations, show_progress)
     total = sum(layer.weight.size for layer in found)
     return (f"AdaRound: {done} layers re-rounded on {len(feeds)} feeds ({changed} of {total} weights "
             f"({100 * changed / max(total, 1):.1f}%) differ from nearest rounding)")
 
 
-def _learn_all(found: list[_Layer], grams, rows, qt: QType, iterations: int) -> tuple[int, int]:
+def _learn_all(found: list[_Layer], grams, rows, qt: QType, iterations: int, show: bool) -> tuple[int, int]:
     changed = done = 0
-    for i, layer in enumerate(found):
+    for i, layer in progress(list(enumerate(found)), desc="AdaRound", enabled=show):
         if grams[i] is None:
             continue
         w = _grouped(layer.weight, layer)
