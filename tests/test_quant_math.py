@@ -106,3 +106,32 @@ def test_empty_and_nonfinite_values():
     assert obs.range("minmax", UINT8) == (0.0, 0.0)
     obs.update(np.array([np.nan, np.inf, 1.0, -2.0]))
     assert (obs.min, obs.max, obs.count) == (-2.0, 1.0, 2)
+
+
+def test_calibration_keeps_observers_without_the_heldout_feeds():
+    import onnx_ir as ir
+
+    from bushu.quant.calibrate import calibrate
+
+    model = ir.from_onnx_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] y) {
+      a = Relu (x)
+      y = Neg (a)
+    }
+    """)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.normal(size=(2, 3)).astype(np.float32) * (10.0 if i < 2 else 1.0)} for i in range(6)]
+    cal = calibrate(model, ["a"], feeds, heldout=2, show_progress=False)
+    whole = HistogramObserver()
+    rest = HistogramObserver()
+    for i, f in enumerate(feeds):
+        whole.update(np.maximum(f["x"], 0))
+        if i >= 2:
+            rest.update(np.maximum(f["x"], 0))
+    a, fit = cal.observers["a"], cal.fit_observers["a"]
+    assert len(cal.heldout) == 2 and cal.samples == 6
+    assert (a.exp, a.min, a.max, a.count) == (whole.exp, whole.min, whole.max, whole.count)
+    np.testing.assert_array_equal(a.hist, whole.hist)  # every feed, bin for bin
+    assert (fit.max, fit.count) == (rest.max, rest.count) and fit.max < a.max  # the x10 held-out feeds left out
+    assert calibrate(model, ["a"], feeds, show_progress=False).fit_observers is None

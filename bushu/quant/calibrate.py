@@ -59,7 +59,7 @@ def calibrate(model: ir.Model, names: Sequence[str], feeds: Iterable[Mapping[str
     left out of :attr:`Calibration.fit_observers`)."""
     sess = exposed(model, names)
     obs = {n: HistogramObserver() for n in names}  # every feed after the kept ones
-    held = {n: HistogramObserver() for n in names}  # the kept ones (merged in at the end: exact)
+    held = {n: HistogramObserver() for n in names} if heldout else obs  # the kept ones (merged in at the end)
     kept: list[Feed] = []
     count = 0
     for i, feed in enumerate(progress(feeds, total=total, desc="calibrating", enabled=show_progress)):
