@@ -246,15 +246,24 @@ def _bias(graph: ir.Graph, block: _Block, name: str, x_q: ir.Value,
     shape = list(m.shape)
     if len(shape) == 4 and shape[2] == block.seq_q and shape[3] == block.seq_k and block.seq_q is not None:
         return m, []
-    one = new_initializer(graph, np.array([1, 1], np.int64), f"{name}_ones")
-    at1 = new_initializer(graph, np.array([1], np.int64), f"{name}_dim1")
-    nodes = []
-    for x in (x_q, x_k):  # Shape(x)[1:2] without Shape's start/end (opset 15), so older models qualify too
+    one, at1 = _shared(graph, "attention_bias_ones", [1, 1]), _shared(graph, "attention_bias_dim1", [1])
+    nodes, dims = [], []
+    for x in dict.fromkeys((x_q, x_k)):  # Shape(x)[1:2] without Shape's start/end (opset 15): older models too
         shape = ir.node("Shape", [x])
         nodes += [shape, ir.node("Gather", [shape.outputs[0], at1], {"axis": 0})]
-    cat = ir.node("Concat", [one, nodes[1].outputs[0], nodes[3].outputs[0]], {"axis": 0})
+        dims.append(nodes[-1].outputs[0])
+    cat = ir.node("Concat", [one, dims[0], dims[-1]], {"axis": 0})
     exp = ir.node("Expand", [m, cat.outputs[0]], name=f"{name}_bias")
     return exp.outputs[0], [*nodes, cat, exp]
+
+
+def _shared(graph: ir.Graph, name: str, value: list[int]) -> ir.Value:
+    """One int64 initializer per graph for a small constant every block uses (no duplicates to de-duplicate)."""
+    v = graph.initializers.get(name)
+    c = const(v)
+    if c is not None and c.dtype == np.int64 and c.tolist() == value:
+        return v
+    return new_initializer(graph, np.array(value, np.int64), name)
 
 
 def rewrite(graph: ir.Graph, block: _Block, index: int, kind: str) -> str | None:

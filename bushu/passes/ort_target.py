@@ -106,4 +106,6 @@ def apply(work: ir.Model, target: str, ctx: PassContext, verifier: Verifier | No
         steps.append(Step(name, count, time.perf_counter() - t0, status, f"latency {ratio}"))
         if faster:
             work = candidate
+    if any(s.status == "kept" for s in steps):  # type the values the fusions wrote: rerunning changes nothing
+        registry.get("shape-inference").run(work, ctx)
     return work, steps
