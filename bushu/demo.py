@@ -260,7 +260,8 @@ def step_serve(ctx: Context):
     line = heldout[0]
     model = ctx.state["int8"]
     proc = subprocess.Popen([sys.executable, "-m", "bushu", "serve", str(model), "--http-port", "0", "--grpc-port",
-                             "-1", "--metrics-port", "-1"], stderr=subprocess.PIPE, text=True)
+                             "-1", "--metrics-port", "-1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = None
         t_end = time.monotonic() + 120
