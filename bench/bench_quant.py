@@ -23,7 +23,7 @@ Every model is scored on ONNX Runtime and on OpenVINO (the same file), and timed
 
 Run it alone on the machine::
 
-    flock /tmp/bushu-bench.lock .venv/bin/python bench/bench_quant.py --out docs/dev/quant-bench.md
+    flock -x /tmp/bushu-quiet.lock .venv/bin/python bench/bench_quant.py --out docs/dev/quant-bench.md
 """
 
 from __future__ import annotations
@@ -142,9 +142,12 @@ def minilm_task(tmp: Path) -> Task:
 
         a, b = top5(e), top5(ref)
         nn = np.mean([len(set(a[i]) & set(b[i])) / 5 for i in range(len(a))])
-        return {"cosine": float(cos.mean()), "min cos": float(cos.min()), "top5 NN %": 100 * float(nn)}
+        unseen = np.ones(len(cos), bool)
+        unseen[::2][:100] = False  # the calibration sentences
+        return {"cosine": float(cos.mean()), "min cos": float(cos.min()), "top5 NN %": 100 * float(nn),
+                "cosine unseen": float(cos[unseen].mean())}
 
-    # calibration: 100 sentences (they are also among the 234 scored: the corpus is small)
+    # calibration: 100 sentences, also among the 234 scored (the corpus is small); "cosine unseen" scores the others
     return Task("minilm", zt.onnx_path("minilm"), feeds[::2][:100], score, feeds[0], transformer=True)
 
 
@@ -269,18 +272,24 @@ def methods(task: Task) -> dict[str, Callable[[Path], Path]]:
 
 
 # ------------------------------------------------------------------------------------------------ running
-def paired_latency(ref: Path, path: Path, engine: str, feed: dict, budget_s: float, rounds: int = 3) -> dict:
+def paired_latency(ref: Path, path: Path, engine: str, feed: dict, budget_s: float, rounds: int = 5) -> dict:
     """FP32 and quantized latency measured in alternation (``rounds`` times each, one session at a time), so that
     load drifting on the shared machine hits both alike; the speed-up is the ratio of the pooled medians."""
     pooled: dict[str, list[float]] = {"fp32": [], "quantized": []}
+    ratios = []
     for _ in range(rounds):
+        meds = {}
         for key, p in (("fp32", ref), ("quantized", path)):
             s = _session(p, engine)
-            pooled[key] += measure(lambda s=s: s.run(feed), warmup_s=0.3, budget_s=budget_s / rounds).samples_ms
+            samples = measure(lambda s=s: s.run(feed), warmup_s=0.3, budget_s=budget_s / rounds).samples_ms
+            pooled[key] += samples
+            meds[key] = float(np.median(samples))
             del s
+        ratios.append(meds["fp32"] / meds["quantized"])
     med = {k: float(np.median(v)) for k, v in pooled.items()}
     return {"median_ms": med["quantized"], "p90_ms": float(np.quantile(pooled["quantized"], 0.9)),
             "fp32_median_ms": med["fp32"], "speedup": med["fp32"] / med["quantized"],
+            "speedup_iqr": [float(np.quantile(ratios, 0.25)), float(np.quantile(ratios, 0.75))],
             "reps": len(pooled["quantized"])}
 
 
@@ -344,8 +353,8 @@ def markdown(results: dict, command: str) -> str:
     lines = ["# Quantization benchmark (bushu quantize vs ONNX Runtime quantize_static vs NNCF)", "",
              f"Command: `{command}`", "", f"Machine: {results['machine']}", "",
              "Accuracy columns are measured on each engine with the same file. Latency: median of the quantized "
-             "model; × = FP32 median / quantized median on that engine, the two measured in alternation (3 rounds "
-             "each, one session at a time) so that the shared machine's drifting load hits both alike (p90 and the "
+             "model; × = FP32 median / quantized median on that engine (in brackets the IQR of the per-round ratios), the two "
+             "measured in alternation (5 rounds each, one session at a time) so that the shared machine's drifting load hits both alike (p90 and the "
              "FP32 medians in the JSON). `error` = the engine or the tool failed on that model (message in the "
              "JSON).", ""]
     for model in results["models"]:
@@ -367,7 +376,9 @@ def markdown(results: dict, command: str) -> str:
             cells.append(_fmt(ov["metrics"][metric_names[0]]) if "metrics" in ov else "error")
             for eng in ("ort", "openvino"):
                 lat = r[eng].get("latency")
-                cells += [f"{lat['median_ms']:.3f}", f"{lat['speedup']:.2f}"] if lat else ["–", "–"]
+                iqr = lat.get("speedup_iqr") if lat else None
+                sp = f"{lat['speedup']:.2f}" + (f" ({iqr[0]:.2f}–{iqr[1]:.2f})" if iqr else "") if lat else "–"
+                cells += [f"{lat['median_ms']:.3f}", sp] if lat else ["–", "–"]
             cells.append(f"{r['build_s']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -408,7 +419,7 @@ def main(argv=None) -> int:
         results["memory"] = memory_flatness()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "flock /tmp/bushu-bench.lock .venv/bin/python bench/bench_quant.py " + " ".join(argv or sys.argv[1:])
+    command = "flock -x /tmp/bushu-quiet.lock .venv/bin/python bench/bench_quant.py " + " ".join(argv or sys.argv[1:])
     out.write_text(markdown(results, command.strip()))
     out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     print(out.read_text())

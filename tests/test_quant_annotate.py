@@ -14,7 +14,7 @@ from bushu.quant.spec import PRESETS
 
 CNN = """
 <ir_version: 8, opset_import: ["" : 13]>
-cnn (float[1,3,8,8] x, float[4,3,3,3] w1, float[4] b1, float[4,4,1,1] w2, float[4] b2) => (float[1,4,8,8] y) {
+cnn (float[1,5,8,8] x, float[4,5,3,3] w1, float[4] b1, float[4,4,1,1] w2, float[4] b2) => (float[1,4,8,8] y) {
   c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
   r1 = Relu (c1)
   p = MaxPool <kernel_shape = [1, 1]> (r1)
@@ -59,7 +59,7 @@ def build(text: str, weights: dict[str, np.ndarray]) -> ir.Model:
 @pytest.fixture
 def cnn():
     rng = np.random.default_rng(0)
-    return build(CNN, {"w1": rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "b1": rng.normal(size=4).astype(np.float32),
+    return build(CNN, {"w1": rng.normal(size=(4, 5, 3, 3)).astype(np.float32), "b1": rng.normal(size=4).astype(np.float32),
                        "w2": rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "b2": rng.normal(size=4).astype(np.float32)})
 
 
@@ -94,7 +94,7 @@ def quantized(model: ir.Model, engine: str, feed, **kw) -> tuple[ir.Model, objec
 
 
 def test_ort_preset_folds_relu_and_shares_maxpool_params(cnn):
-    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(1, 5, 8, 8)).astype(np.float32)
     q, p = quantized(cnn, "ort", {"x": x})
     assert by_op(q, "Relu") == [] and p.folded == ("n1_Relu",)
     # one Q per quantized activation: the input, the conv output (with the ReLU's range), the MaxPool output
@@ -124,7 +124,7 @@ def test_ort_preset_folds_relu_and_shares_maxpool_params(cnn):
 
 
 def test_openvino_preset_keeps_relu_and_quantizes_after_it(cnn):
-    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(1, 5, 8, 8)).astype(np.float32)
     q, p = quantized(cnn, "openvino", {"x": x})
     assert len(by_op(q, "Relu")) == 1 and p.folded == ()
     assert sorted(n.inputs[0].name for n in by_op(q, "QuantizeLinear")) == ["p", "r1", "x"]
@@ -133,7 +133,7 @@ def test_openvino_preset_keeps_relu_and_quantizes_after_it(cnn):
 
 
 def test_exclude_and_include_by_name_or_op_type(cnn):
-    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(1, 5, 8, 8)).astype(np.float32)
     q, p = quantized(cnn, "ort", {"x": x}, exclude=("Conv",))
     assert by_op(q, "QuantizeLinear") == [] and set(p.reasons.values()) == {"excluded"}
     q, p = quantized(cnn, "ort", {"x": x}, include=("n3_Conv",))
@@ -209,7 +209,8 @@ def test_openvino_preset_fuses_hardswish_and_leaves_squeeze_excite_gates_float(s
 def test_ort_preset_quantizes_squeeze_excite_convs_and_keeps_written_out_hardswish_float(se_block):
     x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
     q, p = quantized(se_block, "ort", {"x": x})
-    assert {w.node for w in p.weights} == {"n0_Conv", "n3_Conv", "n5_Conv", "n8_Conv"} and p.reasons == {}
+    assert {w.node for w in p.weights} == {"n3_Conv", "n5_Conv", "n8_Conv"}
+    assert list(p.reasons) == ["n0_Conv"] and "4-channel" in p.reasons["n0_Conv"]  # the RGB stem
     quantized_tensors = {n.inputs[0].name for n in by_op(q, "QuantizeLinear")}
     assert "c3" in quantized_tensors and "hs" not in quantized_tensors
     mul = q.graph.outputs[0].producer()

@@ -27,7 +27,11 @@ execute. Rules, in order:
   more than an int8 kernel saves. ``x``, the gate's output and the Mul stay quantized.
 * Case 9: HardSwish written out as ``x * HardSigmoid(x)`` stays in float: no engine has an integer HardSigmoid, and
   ONNX Runtime's DQ → HardSigmoid → Q + QLinearMul took longer than the float pair between the Conv's Q/DQ
-  (PP-OCRv4 rec after ``bushu optimize`` wrote its HardSwish that way: INT8 1.03× FP32 instead of 1.25×).
+  (PP-OCRv4 rec after ``bushu optimize`` wrote its HardSwish that way: INT8 1.03× FP32 instead of 1.25×). Its
+  output is quantized when a consumer takes it quantized (a pool or a squeeze-excite Mul would otherwise run in
+  float, between layout transposes).
+* Case 10: on ONNX Runtime a Conv reading the model's ≤ 4-channel input (an image stem) stays in float: its int8
+  kernel runs through im2col, slower than the float one (see :class:`~bushu.quant.spec.EnginePreset`).
 
 Graph outputs are never quantized: the model's results stay in float.
 """
@@ -148,6 +152,15 @@ def _is_hardswish(node: ir.Node) -> bool:
     return False
 
 
+def _is_stem(node: ir.Node, graph: ir.Graph) -> bool:
+    """Case 10: a Conv reading a graph input with ≤ 4 channels."""
+    x = node.inputs[0]
+    if node.op_type != "Conv" or x is None or x not in graph.inputs or x.shape is None or len(x.shape) < 3:
+        return False
+    c = x.shape[1]
+    return isinstance(c, int) and c <= 4
+
+
 def weight_axis(node: ir.Node) -> int | None:
     w = node.inputs[1]
     rank = len(w.shape) if w.shape is not None else (len(w.const_value.shape) if w.const_value is not None else None)
@@ -240,6 +253,9 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
             if node.name in se:
                 reasons[node.name] = "squeeze-excite gate (1×1 map: float is faster)"
                 continue
+            if preset.float_stem and _is_stem(node, graph):
+                reasons[node.name] = "reads the ≤ 4-channel model input (the int8 kernel is slower there)"
+                continue
             if not acts or not all(_is_float(v) for v in acts):
                 reasons[node.name] = "no float activation input"
                 continue
@@ -264,8 +280,11 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
         elif op in preset.arith_ops:
             if why or node.name in region or not acts or len(acts) != len([i for i in node.inputs if i is not None]):
                 continue
-            if _is_hardswish(node):
-                continue  # Case 9
+            if _is_hardswish(node):  # Case 9
+                out = node.outputs[0]
+                if out.name not in outputs and any(takes_quantized(u) for u in out.consumers()):
+                    qparams_of[out.name] = out.name
+                continue
             if not all(_is_float(v) for v in acts) or not any(v.name in qparams_of for v in acts):
                 continue
             for v in acts:

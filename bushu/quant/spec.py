@@ -81,10 +81,14 @@ class EnginePreset:
     # Leave squeeze-excite gates (pool → Conv → act → Conv → sigmoid, 1×1 spatial) in float: a few hundred MACs
     # each, where Q/DQ and reorders cost more than the int8 kernel saves (NNCF's ignored SE-block pattern).
     float_se: bool = False
+    # Leave a Conv that reads a graph input of ≤ 4 channels (the RGB stem) in float: ONNX Runtime's QLinearConv runs
+    # it through im2col, 2.2× slower than its float kernel (MobileNetV3 stem 553 vs 254 µs), plus an input
+    # Quantize and an NHWC Transpose.
+    float_stem: bool = False
 
 
 PRESETS: dict[str, EnginePreset] = {
-    "ort": EnginePreset("ort", activations=UINT8, weights=INT8_SYM),
+    "ort": EnginePreset("ort", activations=UINT8, weights=INT8_SYM, float_stem=True),
     # Symmetric: OpenVINO 2026.4 returned wrong outputs for activations with a non-zero zero point (digits CNN
     # top-1 0.99 → 0.67, uint8 or asymmetric int8), correct and 1.5× faster than FP32 with zero point 0.
     "openvino": EnginePreset("openvino", activations=INT8_SYM, weights=INT8_SYM, fold_activations=False,

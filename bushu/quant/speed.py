@@ -56,20 +56,44 @@ def ort_optimized(model: ir.Model) -> ir.Model:
 
 
 def islands(model: ir.Model) -> tuple[int, dict[str, int], int]:
-    """Integer-kernel nodes, float ops sitting between a DequantizeLinear and a QuantizeLinear (by op type), and
-    layout reorders, in an engine-optimized model."""
+    """Integer-kernel nodes, float islands — connected float ops reading a DequantizeLinear and feeding a
+    QuantizeLinear, by their op types joined with ``+`` (``HardSigmoid+Mul``) — and layout reorders, in an
+    engine-optimized model."""
     integer = sum(1 for n in model.graph if n.op_type.startswith(_INTEGER_OPS))
     reorders = sum(1 for n in model.graph if n.op_type.startswith("Reorder"))
-    found: collections.Counter = collections.Counter()
+
+    def is_float(n: ir.Node) -> bool:
+        return n.op_type not in ("QuantizeLinear", "DequantizeLinear") and not n.op_type.startswith(_INTEGER_OPS)
+
+    order = {id(n): i for i, n in enumerate(model.graph)}
+    group: dict[int, list[ir.Node]] = {}  # id(node) -> the shared list of its island's nodes
     for n in model.graph:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type.startswith(_INTEGER_OPS):
+        if not is_float(n):
             continue
+        mine = group.setdefault(id(n), [n])
+        for i in n.inputs:
+            p = i.producer() if i is not None else None
+            if p is not None and is_float(p) and group.get(id(p)) is not mine:
+                other = group[id(p)]
+                mine.extend(other)
+                for m in other:
+                    group[id(m)] = mine
+    found: collections.Counter = collections.Counter()
+    seen: set[int] = set()
+    for nodes in group.values():
+        if id(nodes) in seen:
+            continue
+        seen.add(id(nodes))
         fed_by_dq = any(i is not None and i.producer() is not None and i.producer().op_type == "DequantizeLinear"
-                        for i in n.inputs)
-        feeds_q = any(u.op_type == "QuantizeLinear" for o in n.outputs for u in o.consumers())
-        if fed_by_dq and feeds_q:
-            found[n.op_type] += 1
+                        for n in nodes for i in n.inputs)
+        feeds_q = any(u.op_type == "QuantizeLinear" for n in nodes for o in n.outputs for u in o.consumers())
+        if fed_by_dq and feeds_q and len(nodes) <= 8:  # a long float stretch is a region, not an island
+            found["+".join(n.op_type for n in sorted(nodes, key=lambda n: order[id(n)]))] += 1
     return integer, dict(found.most_common()), reorders
+
+
+# Activations ONNX Runtime fuses into its float (NCHWc) Conv kernels but not into QLinearConv.
+_FUSED_IN_FLOAT = ("HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "LeakyRelu")
 
 
 def reasons_for(engine: str, integer: int, float_islands: Mapping[str, int], reorders: int,
@@ -78,6 +102,10 @@ def reasons_for(engine: str, integer: int, float_islands: Mapping[str, int], reo
     if float_islands:
         ops = ", ".join(f"{k} ×{v}" for k, v in float_islands.items())
         out.append(f"{sum(float_islands.values())} DQ → float op → Q groups have no integer kernel ({ops})")
+        fused = sorted({op for k in float_islands for op in k.split("+") if op in _FUSED_IN_FLOAT})
+        if fused and engine == "ort":
+            out.append(f"in FP32 ONNX Runtime fuses {', '.join(fused)} into its Conv kernels; in INT8 each costs a "
+                       "dequantize, a float pass and a quantize over the whole tensor")
     if dq_float:
         out.append(f"{dq_float} float ops read dequantized tensors (int8 ↔ float conversions at every boundary)")
     if reorders:
