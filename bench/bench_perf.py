@@ -211,7 +211,7 @@ def fraction_of_peak(models, engines, pk) -> str:
         feed = synthesize(specs, shapes=ref.shapes, values=ref.values)
         bound = {k: v.shape for k, v in feed.items()}
         flops = sum(c.flops for c in node_costs(model, bound) if c.flops and not c.graph)
-        res = bushu.bench(ref.source, engines=engines, shapes=ref.shapes, values=ref.values, budget_s=2.0,
+        res = bushu.bench(ref.source, engines=engines, shapes=ref.shapes, values=ref.values, budget_s=1.0,
                           show_progress=False)
         ok = [r for r in res.rows if r.ok]
         best = min(ok, key=lambda r: r.median_ms).engine if ok else "-"
@@ -230,8 +230,8 @@ def fraction_of_peak(models, engines, pk) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--profile-repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--profile-repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer models and rounds")
     args = ap.parse_args()
     engines = tuple(e for e in ("ort", "openvino", "ncnn", "mnn") if e in available())
@@ -256,7 +256,7 @@ def main() -> int:
              fraction_of_peak(zoo + torch_models, engines, pk), ""]
     if "ncnn" in engines:
         parts += ["### 4. ncnn's own INT8 (`bushu convert --to ncnn --int8`) against ncnn FP32 (interleaved)", "",
-                  ncnn_int8(6 if args.quick else 20), ""]
+                  ncnn_int8(6 if args.quick else 12), ""]
     text = "\n".join(parts)
     print(text)
     if args.out:
