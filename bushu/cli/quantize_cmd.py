@@ -37,7 +37,7 @@ def add_arguments(p):
     g.add_argument("--mode", default="static", choices=["static", "dynamic", "weight-only", "int4", "fp16"])
     g.add_argument("--engine", default="ort", help="target engine: ort or openvino (default: ort)")
     g.add_argument("--method", default="mse", choices=["minmax", "percentile", "entropy", "mse", "auto"],
-                   help="activation ranges (default: mse; auto scores all four and a per-tensor mix on held-out feeds)")
+                   help="activation ranges (default: mse; auto starts from the best of the four on held-out feeds, then picks per tensor the method that lowers the output error)")
     g.add_argument("--percentile", type=float, default=99.999, help="for --method percentile (default: 99.999)")
     pc = g.add_mutually_exclusive_group()
     pc.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
@@ -57,7 +57,7 @@ def add_arguments(p):
                    help="cosine>=0.99 | snr>=30 | maxabs<=0.1 | top1-drop<=0.5 | eval-drop<=X (with --eval)")
     a.add_argument("--eval", default=None, metavar="module.py:fn", help="your metric: fn(run) -> float, higher is better")
     a.add_argument("--smoothquant", default="auto", metavar="auto|off|ALPHA",
-                   help="SmoothQuant for LayerNorm → MatMul (default: auto, alpha searched)")
+                   help="SmoothQuant for the activations feeding MatMuls in transformers (default: auto, alpha searched on feeds it was not fitted on)")
     a.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="don't fold each layer's mean output error into its bias (on by default)")
     a.add_argument("--no-cle", dest="cle", action="store_false",
