@@ -21,7 +21,7 @@ def add_arguments(p):
     p.add_argument("model", nargs="?", help="ONNX file")
     p.add_argument("-o", "--output", help="where to write the optimized model")
     p.add_argument("--level", default="extended", choices=["basic", "extended", "all"],
-                   help="basic: clean-up; extended: + folds into weights and fusions (default); all: + MatMul+Add→Gemm")
+                   help="basic: clean-up; extended: + folds into weights and fusions (default); all: + a second clean-up after the fusions")
     p.add_argument("--passes", default=None, help="run exactly these passes, in this order (comma-separated)")
     p.add_argument("--skip", default=None, help="passes to leave out (comma-separated)")
     p.add_argument("--verify", default=None, choices=["each", "end", "off"],

@@ -131,8 +131,8 @@ def optimize(
 ) -> tuple[ir.Model, OptimizeResult]:
     """Optimize ``model`` (an ``ir.Model``, left unchanged, or a path) and return ``(optimized, result)``.
 
-    ``level``: ``basic`` (clean-up), ``extended`` (+ folds into weights and fusions, the default) or ``all``
-    (+ MatMul+Add → Gemm); ``passes`` replaces the level's list, ``skip`` removes names from it. ``verify``:
+    ``level``: ``basic`` (clean-up), ``extended`` (+ folds into weights, fusions, MatMul+Add → Gemm; the default) or
+    ``all`` (+ a second clean-up); ``passes`` replaces the level's list, ``skip`` removes names from it. ``verify``:
     ``each`` (default for weights under 1 GB), ``end`` or ``off``; verification feeds are ``inputs`` (a .npy/.npz
     path or folder, a feed, a list of feeds) or ``samples`` synthesized ones (``synth``: keywords of
     :func:`bushu.inputs.synthesize`). ``opset`` converts the model first (the fusions need 17/20/23).

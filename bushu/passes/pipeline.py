@@ -47,9 +47,9 @@ FUSIONS = [
 
 LEVELS: dict[str, list[str]] = {
     "basic": [*CLEANUP, "shape-inference"],
-    # NOTE: shape-inference last, so the values the rewrites created are typed: rerunning changes nothing.
-    "extended": [*CLEANUP, *FOLDS, *FUSIONS, "fold-constants", "dead-code", "shape-inference"],
-    # NOTE: matmul-to-gemm last: a Gemm hides the MatMul+Add a LayerNorm/attention pattern would start from.
+    # NOTE: matmul-to-gemm after the fusions: a Gemm hides the MatMul+Add a LayerNorm/attention pattern would start
+    # from. shape-inference last, so the values the rewrites created are typed: rerunning changes nothing.
+    "extended": [*CLEANUP, *FOLDS, *FUSIONS, "matmul-to-gemm", "fold-constants", "dead-code", "shape-inference"],
     "all": [*CLEANUP, *FOLDS, *FUSIONS, "matmul-to-gemm", "fold-constants", "eliminate-no-ops", "dead-code", "cse",
             "dedup-initializers", "shape-inference"],
 }

@@ -17,6 +17,22 @@ def _strip(props) -> None:
         del props[key]
 
 
+def _order_initializers(g: ir.Graph) -> None:
+    """Initializers in the order the (sorted) nodes first use them, unused ones last by name: the same file whichever
+    way the passes added and replaced them (verify "each" works on clones, "end" and "off" in place)."""
+    order: dict[str, ir.Value] = {}
+    for n in g:
+        for v in n.inputs:
+            if v is not None and v.is_initializer() and v.name not in order:
+                order[v.name] = v
+    for name in sorted(g.initializers):
+        order.setdefault(name, g.initializers[name])
+    if list(order) != list(g.initializers):
+        g.initializers.clear()
+        for v in order.values():
+            g.initializers.add(v)
+
+
 def tidy(model: ir.Model) -> None:
     for g in graphs(model):
         for v in [*g.inputs, *g.initializers.values()]:
@@ -26,3 +42,6 @@ def tidy(model: ir.Model) -> None:
             for v in n.outputs:
                 _strip(v.metadata_props)
     TopologicalSortPass()(model)
+    for g in graphs(model):
+        if isinstance(g, ir.Graph):
+            _order_initializers(g)
