@@ -36,9 +36,13 @@ def test_digits_int8_keeps_top1_within_half_a_point(digits_onnx, digits, digits_
     fp32, int8 = top1(bushu.load(digits_onnx), x_te, y_te), top1(digits_int8.model, x_te, y_te)
     assert fp32 > 0.95
     assert fp32 - int8 <= 0.005
-    assert digits_int8 and digits_int8.quantized_layers == 4
+    # the 1-channel stem Conv stays float on ORT (its QLinearConv's im2col is slower than the float Conv there)
+    assert digits_int8 and digits_int8.quantized_layers == 3
     ops = {n.op_type for n in digits_int8.model.graph}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "Relu" not in ops  # ReLUs folded for ORT
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    for relu in (n for n in digits_int8.model.graph if n.op_type == "Relu"):  # ReLUs folded for ORT, but the float stem's
+        conv = relu.inputs[0].producer()
+        assert conv.op_type == "Conv" and conv.inputs[1].producer() is None, conv
 
 
 def test_speed_is_reported_with_a_reason_when_slower(digits_int8):
@@ -77,7 +81,9 @@ def test_diagnosis_ranks_layers_and_tracks_tensors(digits_onnx, digits):
                  heldout=[{"input": x_te[:128]}])
     d = r.diagnosis
     assert [s.gain_db for s in d.layers] == sorted((s.gain_db for s in d.layers), reverse=True)
-    assert {s.node for s in d.layers} == {n.name for n in r.model.graph if n.op_type in ("Conv", "Gemm")}
+    quantized = {n.name for n in r.model.graph if n.op_type in ("Conv", "Gemm") and n.inputs[1].producer() is not None
+                 and n.inputs[1].producer().op_type == "DequantizeLinear"}
+    assert len(quantized) == r.quantized_layers and {s.node for s in d.layers} == quantized
     assert all(s.alone_snr_db > d.full_snr_db - 1.0 for s in d.layers)  # one layer alone errs less than all
     assert d.tensors and all(t.cosine > 0.99 for t in d.tensors)
     assert "gain dB" in d.render() and r.to_json()

@@ -23,7 +23,8 @@ def _order_initializers(g: ir.Graph) -> None:
     order: dict[str, ir.Value] = {}
     for n in g:
         for v in n.inputs:
-            if v is not None and v.is_initializer() and v.name not in order:
+            # NOTE: a subgraph's node may read an outer graph's initializer: only this graph's own are ordered
+            if v is not None and v.name not in order and g.initializers.get(v.name) is v:
                 order[v.name] = v
     for name in sorted(g.initializers):
         order.setdefault(name, g.initializers[name])
