@@ -61,7 +61,10 @@ def apply(session, q: ir.Model) -> str:
         cand = exposed(q, [layer.output])
         shift = sum(_channel_mean(cand.run(f, [layer.output])[layer.output]) - ref
                     for f, ref in zip(session.heldout, reference[layer.output])) / len(session.heldout)
-        step = np.rint(shift / layer.step.astype(np.float64)).astype(np.int64)
+        # NOTE: a channel whose bias scale is 0 (all-zero weights) dequantizes its bias to 0 whatever it holds
+        scale = np.broadcast_to(layer.step.astype(np.float64), np.shape(shift))
+        ratio = np.divide(shift, scale, out=np.zeros(np.shape(shift)), where=scale > 0)
+        step = np.rint(np.clip(np.nan_to_num(ratio, nan=0.0, posinf=0.0, neginf=0.0), -(2.0**31), 2.0**31)).astype(np.int64)
         if not step.any():
             continue
         new = np.clip(layer.bias.const_value.numpy().astype(np.int64) - step, -(2**31), 2**31 - 1).astype(np.int32)
