@@ -205,3 +205,17 @@ def test_layernorm_without_scale_and_bias_and_a_later_affine_fold():
     }""", 18, "fuse-layernorm", "dead-code")
     assert ops(after) == ["LayerNormalization"]
     same_outputs(before, after)
+
+
+def test_a_refusal_names_the_block_not_a_commuted_variant():
+    """Every commuted variant of a pattern is tried; one that bound the wrong input (Add(b, x) read as Add(x, b))
+    refuses with "not a scalar constant": the note keeps the reason of the variant that bound the block as written."""
+    _, after, result = fuse("""
+    g (float[N, 8] x) => (float[N, 8] y) <float two = {2}, float zero = {0}, float six = {6}, float five = {5}> {
+      a = Add (x, two)
+      c = Clip (a, zero, six)
+      y = Div (c, five)
+    }""", 14, "fuse-hardswish")
+    assert "HardSigmoid" not in ops(after)
+    assert [n for n in result.notes if n.startswith("fuse-hardsigmoid")] == [
+        "fuse-hardsigmoid: refused 1 candidate: the divisor is 5, not 6"], result.notes

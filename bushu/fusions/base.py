@@ -27,15 +27,29 @@ from ..passes._rules import apply_rules
 from ..passes.registry import PassContext, graphs
 
 
+# A refusal that only says a bound value isn't a constant is what a commuted variant of the pattern gives when it
+# bound the wrong input there (``Add(three, x)`` read as ``Add(x, three)``): it says nothing about the block.
+_VAGUE = ("not a scalar constant", "not a constant", "not constant")
+
+
+def specificity(reason: str) -> int:
+    """How much a refusal says about the candidate block: 0 for a binding miss (a commuted variant's), 1 else."""
+    return 0 if any(v in reason for v in _VAGUE) else 1
+
+
 class Tally:
-    """Per-run outcome of one rule file: refused candidates by root node, with the last reason given."""
+    """Per-run outcome of one rule file: refused candidates by root node, each with the most specific reason any
+    variant gave (the first of equally specific ones): the variant that bound the block as written says why."""
 
     def __init__(self) -> None:
         self.refused: dict[int, str] = {}
         self.fused: set[int] = set()
 
     def refuse(self, root: ir.Node, reason: str) -> None:
-        if id(root) not in self.fused:
+        if id(root) in self.fused:
+            return
+        known = self.refused.get(id(root))
+        if known is None or specificity(reason) > specificity(known):
             self.refused[id(root)] = reason
 
     def fuse(self, root: ir.Node) -> None:
