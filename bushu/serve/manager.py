@@ -63,7 +63,7 @@ class ModelManager:
 
     def _scheduler(self, mv: ModelVersion, stats: ModelStats):
         if mv.config.HasField("sequence_batching"):
-            return Sequencer(mv, stats)
+            return Sequencer(mv, stats, max_queue_size=self.defaults.max_queue_size)
         return Batcher(mv, BatchPolicy.of(mv.config, self.defaults.max_queue_size), stats)
 
     async def load(self, name: str) -> None:

@@ -5,7 +5,9 @@ Each request carries ``sequence_id`` and the ``sequence_start``/``sequence_end``
 the sequence's current state, and keeps the state output for the next request of the sequence; the client never
 sends or sees it. A start flag (re)initialises the state (zeros, or ``initial_state``), an end flag frees it, and a
 sequence idle for ``max_sequence_idle_microseconds`` (Triton's default: 1 s) is freed too. Requests of one sequence
-run in order; different sequences run concurrently, up to the instance count.
+run in order; different sequences run concurrently, up to the instance count, on the model's engine threads (a
+:class:`~bushu.serve.batcher.Batcher` that doesn't merge: the same queue bound, timeouts and statistics as a
+stateless model).
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..errors import BushuError
-from .batcher import Unavailable
+from .batcher import Batcher, BatchPolicy, Unavailable
 from .config import datatype
-from .model import ModelVersion, Timing
+from .model import ModelVersion
 from .protocol import DATATYPES, InferRequest, ProtocolError
 from .stats import ModelStats
 
@@ -35,7 +36,7 @@ class _Sequence:
 class Sequencer:
     """The scheduler of a stateful model version; ``await submit(request, 1)`` returns its outputs."""
 
-    def __init__(self, model: ModelVersion, stats: ModelStats, *, max_sequences: int = 1024):
+    def __init__(self, model: ModelVersion, stats: ModelStats, *, max_sequences: int = 1024, max_queue_size: int = 256):
         self.model, self.stats = model, stats
         sb = model.config.sequence_batching
         self._pairs = [(s.input_name, s.output_name) for s in sb.state]
@@ -43,11 +44,8 @@ class Sequencer:
         self.idle_s = (sb.max_sequence_idle_microseconds or 1_000_000) / 1e6
         self.max_sequences = max_sequences
         self.sequences: dict[object, _Sequence] = {}
-        n = len(model.sessions)
-        self._free: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(n):
-            self._free.put_nowait(i)
-        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"bushu-{model.name}")
+        self._engine = Batcher(model, BatchPolicy(max_batch_size=model.max_batch_size, max_queue_size=max_queue_size),
+                               stats)
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
     @staticmethod
@@ -86,23 +84,11 @@ class Sequencer:
         elif seq is None:
             raise ProtocolError(f"sequence {sid} of model '{self.model.name}' is not active (never started, ended, "
                                 f"or idle for over {self.idle_s:g} s): send sequence_start=true first")
-        t_enq = time.perf_counter_ns()
         async with seq.lock:
             if p.get("sequence_start"):
                 seq.state = {k: v.copy() for k, v in self._initial.items()}
-            instance = await self._free.get()
-            t_start = time.perf_counter_ns()
-            timing = Timing()
             run_req = InferRequest({**req.inputs, **seq.state}, req.outputs, req.id, req.parameters)
-            try:
-                (res,) = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self.model.execute, [run_req], instance, timing)
-            finally:
-                self._free.put_nowait(instance)
-            self.stats.execution(batch_size, timing, 1)
-            self.stats.request(not isinstance(res, BaseException), time.perf_counter_ns() - t_enq, t_start - t_enq)
-            if isinstance(res, BaseException):
-                raise ProtocolError(f"the engine rejected the request: {res}")
+            res = await self._engine.submit(run_req, batch_size)  # counts the request in the statistics
             seq.state = {i: res.pop(o) for i, o in self._pairs}
             seq.last_used = time.monotonic()
             if p.get("sequence_end"):
@@ -116,4 +102,4 @@ class Sequencer:
         while any(s.lock.locked() for s in self.sequences.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.sequences.clear()
-        self._pool.shutdown(wait=False)
+        await self._engine.close(max(0.0, deadline - time.monotonic()))
