@@ -69,11 +69,17 @@ class OpenVinoSession:
         if unknown:
             raise BushuError(f"unknown output(s) {', '.join(unknown)}: the model's outputs are {', '.join(self._port)}")
         try:
-            res = self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+            # start_async + wait, not infer(): a synchronous infer runs the graph on the calling (Python) thread,
+            # outside the stream's thread arena, and each parallel layer then wakes the arena's workers; on PP-OCR
+            # cls (147 small layers, 2 threads) that made a run 1.2-4.7x slower under load and left a third of a
+            # quiet run outside every layer counter (docs/dev/perf-bench.md). The stream thread runs it as
+            # OpenVINO's benchmark_app does.
+            self.request.start_async({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+            self.request.wait()
         except Exception as e:
             raise BushuError(f"OpenVINO failed to run the model: {one_line(str(e))}") from None
         # The request owns the result memory and reuses it on the next run: copy.
-        return {n: np.array(res[self._port[n]], copy=True) for n in names}
+        return {n: np.array(self.request.get_tensor(self._port[n]).data, copy=True) for n in names}
 
     def profiling_info(self) -> list:
         """OpenVINO's per-layer counters of the last run (needs ``EngineOptions(profile=True)``)."""

@@ -84,8 +84,8 @@ def profile(
     # where a profiled run goes: each part's median over runs, in ms and as a share of its run
     parts = [("kernels (the per-op rows)", kernel_sums)]
     if between is not None:
-        parts.append(("executor overhead (between kernels)", between))
-    parts.append(("outside the engine's timers (Python call, waits)" if between is not None
+        parts.append((measured.between_label, between))
+    parts.append((measured.rest_label if between is not None
                   else "outside the layers (scheduling, Python call, waits)", outside))
     parts = tuple((name, float(np.median(v)), float(np.median(v / walls))) for name, v in parts)
     latency_ms = float(np.median(measured.plain_ms)) if measured.plain_ms else None
@@ -95,5 +95,6 @@ def profile(
     return ProfileResult(model=ref.label, engine=measured.engine, shapes=bound, threads=threads,
                          runs=len(measured.run_ms), e2e_ms=e2e, kernels_ms=kernels_ms, coverage=coverage, rows=tuple(rows),
                          accounted=accounted, executor_ms=executor_ms, latency_ms=latency_ms, parts=parts,
+                         executor_label=measured.between_label if between is not None else None,
                          by_op=tuple(by_op_type(rows, pk.gflops * share)), total_flops=total_flops, peaks=pk,
                          machine=machine(), trace=trace_path, unattributed=unattributed)

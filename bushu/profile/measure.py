@@ -27,11 +27,14 @@ class Measurement:
     kernels: list[Kernel]
     run_ms: list[float]  # wall-clock time of each profiled run, as the caller sees it
     note: str = ""
-    # per profiled run, the engine's executor time outside every kernel (between kernels, before the first and
-    # after the last), from the profiler's own timestamps; empty when the engine's profiler doesn't time its executor
+    # per profiled run, the engine's time outside every kernel, measured: ORT's executor between kernels (from the
+    # profiler's own timestamps), OpenVINO's infer request round trip (a no-layer model's run); empty: not timed
     between_ms: list[float] = dataclasses.field(default_factory=list)
     # wall time of an unprofiled run of the same model, one after each profiled run
     plain_ms: list[float] = dataclasses.field(default_factory=list)
+    # what ``between_ms`` is, and what the rest of a run (outside the kernels and ``between_ms``) is
+    between_label: str = "executor overhead (between kernels)"
+    rest_label: str = "outside the engine's timers (Python call, waits)"
 
 
 def repeat(fn: Callable[[], None], *, warmup_s: float, budget_s: float, min_runs: int, max_runs: int,

@@ -15,9 +15,9 @@ COVERAGE_TOLERANCE = 0.10
 class ProfileResult(Result):
     """Per-kernel and per-op-type time joined with FLOPs, bytes and the machine's peaks.
 
-    Truthy when the kernel times of a run plus the executor's measured time between kernels add up to that run's
-    end-to-end time within 10 % (``accounted``: the median over runs of their ratio; ``coverage`` is the kernels
-    alone): otherwise the run spends time nobody timed (the Python call, waits) and the per-op table should be read
+    Truthy when the kernel times of a run plus the engine's measured overhead (``executor_ms``: ORT's executor
+    between kernels, OpenVINO's infer request round trip on a no-layer model) add up to that run's end-to-end time
+    within 10 % (``accounted``: the median over runs of their ratio; ``coverage`` is the kernels alone): otherwise the run spends time nobody timed (the Python call, waits) and the per-op table should be read
     with care. ``latency_ms`` is the model's unprofiled latency, measured in alternation with the profiled runs:
     a profiler costs time of its own (ORT's adds a few µs to every kernel), so on a model of many tiny kernels the
     profiled run, and each tiny kernel's time, is longer than the model runs without it.
@@ -45,6 +45,8 @@ class ProfileResult(Result):
     # where a profiled run goes: (part, median ms per run, median share of the run) for the kernels, the executor
     # between them (when the engine's profiler times it) and the rest (the Python call, waits for other processes)
     parts: tuple[tuple[str, float, float], ...] = ()
+    # what ``executor_ms`` measures: ORT's executor between kernels, OpenVINO's infer request round trip
+    executor_label: str | None = None
 
     def __bool__(self) -> bool:
         return abs((self.coverage if self.accounted is None else self.accounted) - 1.0) <= COVERAGE_TOLERANCE
@@ -60,8 +62,8 @@ class ProfileResult(Result):
     def __str__(self) -> str:
         lat = self.latency_ms or self.e2e_ms
         achieved = (f", {self.total_flops / (lat * 1e6):.1f} GFLOP/s overall" if self.total_flops else "")
-        executor = (f" + executor between kernels {self.executor_ms:.3f} ms ({100 * self.accounted:.0f} % with it)"
-                    if self.executor_ms is not None else "")
+        executor = (f" + {self.executor_label or 'executor overhead'} {self.executor_ms:.3f} ms "
+                    f"({100 * self.accounted:.0f} % with it)" if self.executor_ms is not None else "")
         plain = (f"; unprofiled {self.latency_ms:.3f} ms (the profiler's slowdown {self.profiler_slowdown:.2f}x)"
                  if self.latency_ms else "")
         kernels = self.parts[0][1] if self.parts else self.kernels_ms  # the median run's, like the percentage
@@ -86,7 +88,7 @@ class ProfileResult(Result):
                            ["part", "ms (median run)", "% of the run (median)"]), "",
                  f"machine: {self.peaks}", f"         {self.machine}"]
         if not self:
-            what = "kernels and executor" if self.executor_ms is not None else "kernels"
+            what = "kernels and the engine's measured overhead" if self.executor_ms is not None else "kernels"
             share = self.coverage if self.accounted is None else self.accounted
             lines.append(f"NOTE: {what} add up to {100 * share:.0f} % of the end-to-end time (outside ±10 %)")
         if self.profiler_slowdown and self.profiler_slowdown > 1 + COVERAGE_TOLERANCE:

@@ -36,7 +36,7 @@ def _profile(d: dict) -> str:
     peaks = d.get("peaks") or {}
     rows = d.get("rows", [])
     accounted = d.get("accounted") if d.get("accounted") is not None else d["coverage"]
-    timed = "kernels and the executor between them" if d.get("executor_ms") is not None else "kernels"
+    timed = "kernels and the engine's measured overhead" if d.get("executor_ms") is not None else "kernels"
     plain = (f"; unprofiled {d['latency_ms']:.3f} ms (the profiler's slowdown {d['e2e_ms'] / d['latency_ms']:.2f}x)"
              if d.get("latency_ms") else "")
     out = [(f"<p>{escape(d['model'])} on <b>{escape(d['engine'])}</b>: {d['e2e_ms']:.3f} ms per profiled run{plain}; "
@@ -49,7 +49,8 @@ def _profile(d: dict) -> str:
            "<h3>time by op type</h3>",
            svg.bars([(r["op_type"], r["time_ms"]) for r in d.get("by_op", [])]
                     # the executor's own time is not an op: drawn apart, in another colour, after the ops
-                    + ([("executor overhead (between kernels)", d["executor_ms"])] if d.get("executor_ms") else []),
+                    + ([(d.get("executor_label") or "executor overhead (between kernels)", d["executor_ms"])]
+                       if d.get("executor_ms") else []),
                     unit="ms", colors=[svg.PALETTE[0]] * len(d.get("by_op", []))
                     + ([svg.PALETTE[1]] if d.get("executor_ms") else [])),
            table([[r["op_type"], r["kernels"], r["time_ms"], r["time_pct"], r.get("flops"), r.get("gflops_s"),
