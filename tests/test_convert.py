@@ -273,3 +273,33 @@ def test_ncnn_converts_after_preparation(digits_onnx, silero_vad, tmp_path):
     assert not s and s.unsupported == ("LSTM",) and "sr=16000" in s.error
     with pytest.raises(ConversionError, match="--value sr="):
         open_session(silero_vad, "ncnn")  # an engine has no value to bind
+
+
+def test_flattened_softmax_becomes_softmax():
+    from bushu.convert.pnnx_prep import unflatten_softmax
+
+    # what ONNX's version converter writes for a last-axis Softmax going from opset 12 to 13+
+    m = ir.from_onnx_text("""<ir_version: 8, opset_import: ["": 14]>
+        g (float[2,3,4,5] x) => (float[2,3,4,5] y) {
+            s = Shape(x)  f = Flatten<axis=3>(x)  p = Softmax<axis=1>(f)  y = Reshape(p, s) }""")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    want = open_session(m, "ort").run({"x": x})["y"]
+    assert unflatten_softmax(m) == 1
+    assert [(n.op_type, n.attributes["axis"].value) for n in m.graph] == [("Softmax", -1)]
+    assert m.graph.outputs[0].name == "y"
+    np.testing.assert_allclose(open_session(m, "ort").run({"x": x})["y"], want, rtol=1e-6, atol=1e-7)
+    # softmax over more than the last axis is not a last-axis softmax: left alone
+    other = ir.from_onnx_text("""<ir_version: 8, opset_import: ["": 14]>
+        g (float[2,3,4,5] x) => (float[2,3,4,5] y) {
+            s = Shape(x)  f = Flatten<axis=2>(x)  p = Softmax<axis=1>(f)  y = Reshape(p, s) }""")
+    assert unflatten_softmax(other) == 0
+
+
+def test_ncnn_converts_rec_at_opset_14(ppocr_rec, tmp_path):
+    # `bushu optimize --opset 14` converts the opset; its Softmax chains hid the attention pnnx fuses
+    path = tmp_path / "rec14.onnx"
+    bushu.save(bushu.ir.convert_opset(bushu.load(ppocr_rec), 14), path)
+    r = bushu.convert(path, "ncnn", tmp_path / "ncnn", shapes={"x": (1, 3, 48, 320)})
+    assert r and r.outputs[0].max_abs < 1e-4, r.render()
+    param = (tmp_path / "ncnn" / "model.ncnn.param").read_text()
+    assert param.count("MultiHeadAttention") == 2 and "torch.unbind" not in param

@@ -10,7 +10,11 @@ has no kernel for. ncnn has no batch dim anyway (a batch runs item by item), so 
 3. constants are folded (onnxscript's optimizer: shape chains, ``If`` on a now-constant condition) and bushu's
    clean-up passes run;
 4. a ``Gather`` of a 1-D tensor by constant indices that are ``0…n-1`` in order (``as_strided`` after a
-   flatten) becomes the ``Reshape`` it is.
+   flatten) becomes the ``Reshape`` it is;
+5. ``Reshape(Softmax(Flatten(x, axis=r-1)), Shape(x))`` becomes ``Softmax(x, axis=-1)``: ONNX's version
+   converter writes that chain for every last-axis Softmax when a model goes from opset < 13 to 13+ (``bushu
+   optimize --opset 14``). It is the same softmax, but it hides the attention pattern pnnx turns into ncnn's
+   ``MultiHeadAttention``: PP-OCRv4 rec's attention was then left as ``Tensor.reshape`` + ``torch.unbind``.
 
 The other dims stay as they were, so pnnx still sees them dynamic where they are.
 """
@@ -72,6 +76,44 @@ def gather_as_reshape(model: ir.Model) -> int:
     return done
 
 
+def _producer(value: ir.Value | None, op: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op and node.domain in ("", "ai.onnx") else None
+
+
+def unflatten_softmax(model: ir.Model) -> int:
+    """Replace ``Reshape(Softmax(Flatten(x, axis=r-1), axis=1|-1), Shape(x))`` (x of rank r) by
+    ``Softmax(x, axis=-1)``; returns how many were replaced (the chain's nodes go when nothing else reads them)."""
+    done = 0
+    for node in list(model.graph):
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        soft = _producer(node.inputs[0], "Softmax")
+        flat = _producer(soft.inputs[0], "Flatten") if soft is not None else None
+        shape = _producer(node.inputs[1], "Shape")
+        if flat is None or shape is None or len(soft.outputs[0].uses()) != 1:
+            continue
+        x = flat.inputs[0]
+        rank = len(x.shape) if x.shape is not None else None
+        axis = soft.attributes.get_int("axis", 1)
+        if (x is not shape.inputs[0] or rank is None or rank < 2 or flat.attributes.get_int("axis", 1) != rank - 1
+                or axis not in (1, -1) or shape.attributes.get_int("start", 0) != 0
+                or shape.attributes.get("end") is not None):
+            continue
+        new = ir.node("Softmax", [x], attributes={"axis": -1}, name=f"{soft.name or 'softmax'}_unflattened")
+        model.graph.insert_after(node, new)
+        out = node.outputs[0]
+        name, out.name = out.name, None
+        new.outputs[0].name, new.outputs[0].shape, new.outputs[0].type = name, out.shape, out.type
+        out.replace_all_uses_with(new.outputs[0], replace_graph_outputs=True)
+        model.graph.remove(node, safe=True)
+        for dead in (soft, flat, shape):  # in use order: the Softmax frees the Flatten
+            if not any(o.uses() or o.is_graph_output() for o in dead.outputs):
+                model.graph.remove(dead, safe=True)
+        done += 1
+    return done
+
+
 def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None) -> tuple[list[TensorSpec], dict, str]:
     """Write the pnnx-ready model (see the module docstring) to ``out_path``; returns its input specs, the bound
     scalar values and a one-line note of what was done."""
@@ -90,6 +132,7 @@ def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None
             batch[first.value] = 1
     if batch:
         set_dims(model, batch)
+    softmaxes = unflatten_softmax(model) if model.opset_imports.get("", 0) >= 13 else 0
     onnxscript.optimizer.optimize(model)
     model, _ = optimize(model, level="basic", verify="off", latency=False, show_progress=False)
     gathers = gather_as_reshape(model)
@@ -97,7 +140,8 @@ def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None
     specs, _ = model_specs(model)
     what = [f"bound {', '.join(f'{k}={v:g}' for k, v in bound.items())}" if bound else "",
             "batch fixed at 1" if batch else "", "constants folded",
-            f"{gathers} Gather(0…n-1) as Reshape" if gathers else ""]
+            f"{gathers} Gather(0…n-1) as Reshape" if gathers else "",
+            f"{softmaxes} Flatten-Softmax-Reshape as Softmax" if softmaxes else ""]
     return specs, bound, "; ".join(w for w in what if w)
 
 
