@@ -155,3 +155,15 @@ def test_attribute_renamed_heads_follows_openvino_fusions():
     anchors = [("Mul_1",), ("Mul_5",)]
     assert attribute(m, anchors, renamed_heads=True) == [("Conv_0", "Mul_1", "Add_2", "Relu_3"), ("Conv_4", "Mul_5")]
     assert attribute(m, anchors) == [("Conv_0", "Mul_1"), ("Add_2", "Relu_3", "Conv_4", "Mul_5")]
+
+
+def test_nested_execute_spans_count_once():
+    from bushu.profile.ort import _execute_us
+
+    # a run's Execute span with an If kernel's subgraph Execute nested inside it, then a second run without spans
+    assert _execute_us([(0, 100), (200, 300)], [(10, 90), (20, 50), (60, 95)]) == [85, 100]
+
+
+def test_silero_if_subgraphs_are_not_counted_twice(silero_vad):
+    r = bushu.profile(silero_vad, "ort", budget_s=0.2, values={"sr": 16000})
+    assert r.coverage <= r.accounted <= 1.0 + 1e-9  # subgraph kernels live inside their If kernel's time

@@ -38,6 +38,7 @@ class ConvertResult(Result):
     verified: bool = True  # False when verification was skipped (verify_outputs=False)
     precision: str = "fp32"  # "int8": ncnn's own INT8 (--int8), verified on the calibration feeds
     int8_layers: int = 0  # layers made INT8
+    int8_fp32_depthwise: int = 0  # depthwise convolutions left FP32 (slower in INT8 on ncnn's x86 kernels)
 
     def __bool__(self) -> bool:
         return self.error is None and (not self.verified or (bool(self.outputs) and all(self.outputs)))
@@ -60,6 +61,10 @@ class ConvertResult(Result):
                      f"{min((o.cosine for o in self.outputs), default=1.0):.4f})")
         elif self.verified:
             head += f" against ONNX Runtime (max_abs {max((o.max_abs for o in self.outputs), default=0.0):.3g})"
+        if self.int8_fp32_depthwise:
+            head += (f"; {self.int8_fp32_depthwise} depthwise convolutions kept FP32 (ncnn's INT8 depthwise kernels "
+                     "ran slower than FP32 here: PP-OCR cls 0.71x with only them INT8; int8_depthwise=True "
+                     "quantizes them)")
         return f"{head}; written to {self.out_dir}"
 
     def render(self) -> str:
@@ -113,9 +118,10 @@ def verify(target: str, folder: Path, m: ir.Model, *, shapes: dict, values: dict
 
 
 def _int8(to: str, folder: Path, m: ir.Model, shapes: dict, calib, method: str, samples: int,
-          threads: int | None) -> tuple[int, list]:
+          threads: int | None, depthwise: bool = False) -> tuple[int, int, list]:
     """Make the FP32 ncnn model in ``folder`` INT8 (:mod:`bushu.convert.ncnn_int8`); returns the number of INT8
-    layers and the calibration feeds (the INT8 model is verified on a few of them)."""
+    layers, of depthwise convolutions left FP32, and the calibration feeds (the INT8 model is verified on a few of
+    them)."""
     import itertools
 
     from ..quant.data import feeds as calib_feeds
@@ -125,8 +131,10 @@ def _int8(to: str, folder: Path, m: ir.Model, shapes: dict, calib, method: str, 
     sess = open_converted(to, folder, m, shapes, threads)
     source, _ = calib_feeds(calib, sess.inputs)
     taken = list(itertools.islice(source, samples))
-    done = ncnn_int8.quantize_model(folder, FILES, sess, taken, method)
-    return len(done), taken
+    kept = 0 if depthwise else sum(layer.type == "ConvolutionDepthWise"
+                                   for layer in ncnn_int8.read_param(folder / FILES[0]))
+    done = ncnn_int8.quantize_model(folder, FILES, sess, taken, method, depthwise=depthwise)
+    return len(done), kept, taken
 
 
 def _check_free(out_dir: Path, names: tuple[str, ...], force: bool) -> None:
@@ -149,7 +157,8 @@ def _publish(files: list[Path], out_dir: Path) -> list[str]:
 def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.PathLike | None = None, *,
             shapes: dict | None = None, values: dict | None = None, seed: int = 0, tol: Tolerance = Tolerance(),
             verify_outputs: bool = True, force: bool = False, threads: int | None = None, int8: bool = False,
-            calib=None, calib_method: str = "minmax", calib_samples: int = 100) -> ConvertResult:
+            calib=None, calib_method: str = "minmax", calib_samples: int = 100,
+            int8_depthwise: bool = False) -> ConvertResult:
     """Convert ``model`` (a path, an ``ir.Model`` or a zoo name) to ``to`` (``ncnn``, ``mnn``, ``openvino``) and
     write the files into ``out_dir`` (default: ``<model name>-<to>`` beside the model, or the current folder).
 
@@ -161,7 +170,8 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
     ``int8`` (ncnn only) makes ncnn's own INT8 model from the FP32 conversion, calibrated on ``calib`` (a folder of
     .npz/.npy feeds, one file, or an iterable of feeds; the first ``calib_samples``) with ``calib_method``
     (``minmax`` or ``kl``), and verifies it against ONNX Runtime FP32 on four of those feeds by cosine
-    (:data:`INT8_TOL`).
+    (:data:`INT8_TOL`). Depthwise convolutions stay FP32 unless ``int8_depthwise`` (ncnn's INT8 depthwise kernels
+    are slower than its FP32 ones on x86; see :mod:`bushu.convert.ncnn_int8`).
     """
     from ..bench.models import resolve
 
@@ -189,8 +199,8 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
         except ConversionError as e:
             return ConvertResult(ref.label, to, mod.version(), None, (), time.perf_counter() - t0, (),
                                  error=str(e).split(": ", 1)[-1], unsupported=e.unsupported)
-        int8_layers, check_feeds = _int8(to, tmp, m, ref.shapes, calib, calib_method, calib_samples, threads) \
-            if int8 else (0, None)
+        int8_layers, kept, check_feeds = _int8(to, tmp, m, ref.shapes, calib, calib_method, calib_samples, threads,
+                                               int8_depthwise) if int8 else (0, 0, None)
         seconds = time.perf_counter() - t0
         try:
             outputs = verify(to, tmp, m, shapes=ref.shapes, values=ref.values, seed=seed,
@@ -203,4 +213,5 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ConvertResult(ref.label, to, mod.version(), str(out_dir), tuple(published), seconds, outputs,
-                         verified=verify_outputs, precision="int8" if int8 else "fp32", int8_layers=int8_layers)
+                         verified=verify_outputs, precision="int8" if int8 else "fp32", int8_layers=int8_layers,
+                         int8_fp32_depthwise=kept)

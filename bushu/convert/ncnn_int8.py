@@ -17,7 +17,12 @@ Those tools are not in the ``ncnn``/``pnnx`` wheels nor in Debian, so this modul
    inserted after the bias. The walk must end exactly at the end of the file, or nothing is written: a layer type
    whose weights this module doesn't know is refused, never guessed.
 
-Layers of other types keep FP32; ncnn converts between them at run time.
+Layers of other types keep FP32; ncnn converts between them at run time. **Depthwise convolutions keep FP32 too**
+unless asked (``depthwise=True``): on this x86 build (the PyPI wheel, which has AVX-512 VNNI INT8 kernels) ncnn's
+INT8 ``ConvolutionDepthWise`` runs slower than its FP32 one. Measured on PP-OCR (1 thread, interleaved rounds,
+docs/dev/perf-bench.md): with only its depthwise layers INT8, cls ran at 0.71x and rec at 0.83x FP32 speed; with
+every other layer INT8 and the depthwise ones FP32, cls 1.05x and rec 1.26x. A depthwise layer has few MACs per
+byte, so quantizing its input and dequantizing its output costs more than its INT8 arithmetic saves.
 """
 
 from __future__ import annotations
@@ -255,16 +260,21 @@ def thresholds(session, feeds: Iterable[Mapping[str, np.ndarray]], layers: Seque
     return out
 
 
-def quantizable(param: Path) -> list[Layer]:
-    return [layer for layer in read_param(param) if layer.type in QUANTIZED]
+def quantizable(param: Path, depthwise: bool = False) -> list[Layer]:
+    """The layers to make INT8: Convolution and InnerProduct, and ConvolutionDepthWise when ``depthwise``."""
+    kinds = QUANTIZED if depthwise else tuple(t for t in QUANTIZED if t != "ConvolutionDepthWise")
+    return [layer for layer in read_param(param) if layer.type in kinds]
 
 
-def quantize_model(folder: Path, files: Sequence[str], session, feeds, method: str = "kl") -> list[Int8Layer]:
-    """Make ``folder``'s FP32 ncnn model (``files``: param, bin) INT8 in place (each file replaced atomically)."""
+def quantize_model(folder: Path, files: Sequence[str], session, feeds, method: str = "kl",
+                   depthwise: bool = False) -> list[Int8Layer]:
+    """Make ``folder``'s FP32 ncnn model (``files``: param, bin) INT8 in place (each file replaced atomically);
+    depthwise convolutions stay FP32 unless ``depthwise`` (see the module docstring)."""
     param, weights = folder / files[0], folder / files[1]
-    layers = quantizable(param)
+    layers = quantizable(param, depthwise)
     if not layers:
-        raise BushuError("ncnn INT8: the model has no Convolution, ConvolutionDepthWise or InnerProduct layer")
+        raise BushuError("ncnn INT8: the model has no Convolution or InnerProduct layer"
+                         + ("" if depthwise else " (depthwise convolutions stay FP32 unless int8_depthwise=True)"))
     found = thresholds(session, feeds, layers, method)
     tmp_param, tmp_weights = folder / f".{files[0]}.int8", folder / f".{files[1]}.int8"
     try:

@@ -9,7 +9,8 @@ Where a run's time goes, from the profile's own timestamps: ``model_run`` (the s
 ``SequentialExecutor::Execute``, which contains the ``…_kernel_time`` events. Execute's time outside every kernel
 is the executor's overhead (between kernels: the profiler's own recording, allocation planning, the next node's
 setup); the wall time outside Execute is the Python call (binding, feed and output conversion, the session's run
-preamble). An unprofiled session of the same model runs after each profiled run: ORT's profiler records the
+preamble). Subgraphs (If, Loop) are timed inside their kernel: their nodes and nested Execute spans are not counted
+a second time. An unprofiled session of the same model runs after each profiled run: ORT's profiler records the
 node's arguments (shapes, memory, thread-pool statistics) before it stops a kernel's clock, which adds a few µs
 to every kernel, so the unprofiled runs give the model's real latency beside the profiled breakdown.
 """
@@ -50,11 +51,18 @@ def _spans(events: list[dict], name: str) -> list[tuple[float, float]]:
 
 
 def _execute_us(runs: list[tuple[float, float]], executes: list[tuple[float, float]]) -> list[float]:
-    """Per run, the executor's time (its Execute span inside the run; the run itself when the version logs none)."""
+    """Per run, the executor's time (its Execute span inside the run; the run itself when the version logs none).
+
+    A control-flow kernel (If, Loop, Scan) runs its subgraph in an Execute span of its own, nested in the run's:
+    the spans are merged (their union), so the nested time is counted once."""
     out = []
     for start, end in runs:
-        inside = [e - s for s, e in executes if start <= s <= end]
-        out.append(sum(inside) if inside else end - start)
+        total, reach = 0.0, -float("inf")
+        for s, e in sorted((s, e) for s, e in executes if start <= s <= end):
+            if e > reach:
+                total += e - max(s, reach)
+                reach = e
+        out.append(total if reach > -float("inf") else end - start)
     return out
 
 
@@ -93,6 +101,8 @@ def measure(model: ir.Model, feed: Mapping[str, np.ndarray], options: EngineOpti
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
+        if e["name"][: -len("_kernel_time")] not in kernels:
+            continue  # a subgraph's node: its time is inside its If/Loop kernel's
         i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
         if 0 <= i < len(runs) and e["ts"] <= runs[i][1]:
             per_run[i][e["name"][: -len("_kernel_time")]] += e["dur"]
