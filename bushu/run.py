@@ -80,6 +80,18 @@ def model_name(model: ir.Model | str | os.PathLike) -> str:
     return str(p) if p else (model.graph.name or "model")
 
 
+def with_zoo_defaults(model: ir.Model, synth: dict) -> dict:
+    """``synth`` (keywords of :func:`bushu.inputs.synthesize`) over the shapes and values the zoo records for
+    ``model`` when it is a zoo model's file (silero VAD's ``sr`` and ``state``); the caller's own win."""
+    from .passes.verify import zoo_defaults
+
+    shapes, values = zoo_defaults(model.meta.get("bushu.path"))
+    if not shapes and not values:
+        return synth
+    return {**synth, "shapes": {**shapes, **(synth.get("shapes") or {})},
+            "values": {**values, **(synth.get("values") or {})}}
+
+
 def first_feed(specs: list[TensorSpec], inputs=None, **synth) -> Feed:
     """The feed to use: ``inputs`` (a path or a mapping) when given, else one synthesized from ``specs``."""
     if inputs is None:
@@ -91,6 +103,26 @@ def first_feed(specs: list[TensorSpec], inputs=None, **synth) -> Feed:
         feed = feeds[0]
     check_feed(feed, specs, source=str(inputs) if not isinstance(inputs, Mapping) else "inputs")
     return feed
+
+
+def check_output_path(path: str | Path, protect=(), *, force: bool = False) -> None:
+    """Refuse a ``--save-outputs`` path that is not .npz, or that would replace the model or an input file, or add a
+    file to an input folder (``protect``: paths or mappings), unless ``force``. Called before the work, so a refusal
+    costs nothing."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise BushuError(f"--save-outputs needs a .npz path, got {path}")
+    if force:
+        return
+    for source in protect:
+        if source is None or isinstance(source, Mapping):
+            continue
+        src = Path(source).resolve()
+        if path.resolve() == src:
+            raise BushuError(f"refusing to overwrite the input {path}: choose another --save-outputs path or pass --force")
+        if src.is_dir() and path.resolve().parent == src:
+            raise BushuError(f"{path} is in the input folder {source} (it would be read as a feed next time): choose "
+                             "another --save-outputs path or pass --force")
 
 
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> str:
@@ -113,16 +145,21 @@ def run(
     options: EngineOptions | None = None,
     save_outputs: str | os.PathLike | None = None,
     time: bool = False,
+    force: bool = False,
     **synth,
 ) -> RunResult:
     """Run ``model`` once on ``engine`` with ``inputs`` (a .npy/.npz path, a folder, a mapping of arrays, or ``None``
-    to synthesize them; ``synth`` keywords go to :func:`bushu.inputs.synthesize`)."""
+    to synthesize them; ``synth`` keywords go to :func:`bushu.inputs.synthesize`, over the shapes and values the zoo
+    records for a zoo model, e.g. silero VAD's ``sr``). ``save_outputs`` never replaces the model or an input file
+    unless ``force``."""
     from . import ir as bir
 
     eng = engines.get(engine)  # an unknown engine is refused before any work
     m = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
+    if save_outputs:
+        check_output_path(save_outputs, (bir.source_path(m), inputs), force=force)
     sess = eng.load(m, options or EngineOptions())
-    feed = first_feed(sess.inputs, inputs, **synth)
+    feed = first_feed(sess.inputs, inputs, **with_zoo_defaults(m, synth))
     outs = sess.run(feed)
     latency = measure(lambda: sess.run(feed), warmup_s=0.2, budget_s=1.0) if time else None
     saved = save_npz(save_outputs, outs) if save_outputs else None

@@ -273,3 +273,9 @@ def test_bad_invocations_exit_2(cli, ppocr_cls, tmp_path):
     missing = cli("compare", ppocr_cls, "--reference", tmp_path / "none.npz", "-q")
     assert missing.returncode == 2 and "--reference" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_zoo_models_file_gets_its_recorded_inputs(silero_vad):
+    # synthesized feeds for silero VAD use the zoo's sr=16000 and state shape, not a random sr that ORT rejects
+    res = compare(silero_vad, silero_vad, samples=2, show_progress=False)
+    assert res and {o.name for o in res.outputs} == {"output", "stateN"}

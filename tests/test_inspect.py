@@ -294,3 +294,8 @@ def test_cli_json_and_bad_shape(ppocr_cls, capsys):
     assert cli_main(["inspect", str(ppocr_cls), "--shape", "x:1x3", "--engines", "none"]) == 2
     assert "rank" in capsys.readouterr().err
     assert cli_main(["inspect", str(ppocr_cls), "--shape", "x=abc"]) == 2
+
+
+def test_flops_are_written_with_a_space(ppocr_rec, digits_onnx):
+    assert "1.46 GFLOPs, " in bushu.inspect(ppocr_rec, {"x": (1, 3, 48, 320)}, engines=()).render()
+    assert "  0 FLOPs, " in bushu.inspect(digits_onnx, engines=()).render()  # open dims: nothing known, said plainly

@@ -7,6 +7,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from html import escape
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +98,29 @@ def test_renders_in_headless_chromium(page, tmp_path):
                if "CONSOLE" in ln or "Uncaught" in ln or "net::ERR" in ln]
     assert not console, console
     assert snap.returncode == 0 and shot.stat().st_size > 20_000  # a page with plots, not a blank one
+
+
+def test_report_path_is_checked_before_the_work(digits_onnx, tmp_path, capsys):
+    from bushu.cli.main import main
+
+    out = tmp_path / "d.opt.onnx"
+    with pytest.raises(SystemExit) as e:
+        main(["optimize", str(digits_onnx), "-o", str(out), "--report", str(tmp_path / "r.txt")])
+    assert e.value.code == 2 and "give a .html path" in capsys.readouterr().err
+    assert not out.exists()  # refused at parse time: no model written, no time spent
+
+
+def test_quantize_section_reads_like_the_text(digits_onnx, tmp_path):
+    from bushu import datasets
+    from bushu.quant import QuantConfig
+
+    x = datasets.digits()[0]
+    res = bushu.quantize(digits_onnx, [{"input": x[i:i + 1]} for i in range(16)], QuantConfig(progress=False))
+    path = write_report([res], tmp_path / "q.html").path
+    body = Path(path).read_text(encoding="utf-8").split("<details>")[0]  # the section, before its raw "all fields"
+    assert "left in float" in body and next(iter(res.float_layers)) in body
+    sp = res.to_dict()["speed"]
+    assert f"{sp['fp32']['median_ms']:.4g} ms (p90" in body and f"{sp['quantized']['median_ms']:.4g} ms" in body
+    assert '"kind": "latency"' not in body and "&quot;kind&quot;" not in body  # no raw JSON dicts in the section
+    for note in res.notes:
+        assert escape(note) in body

@@ -119,3 +119,43 @@ def test_every_command_has_help_with_examples(cli):
         assert name in top.stdout
         sub = cli(name, "--help")
         assert sub.returncode == 0 and "examples:" in sub.stdout, (name, sub.stderr)
+
+
+def test_save_outputs_never_replaces_an_input(digits_onnx, tmp_path, capsys):
+    from bushu.cli.main import main
+
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    np.savez(feeds / "0.npz", input=x)
+    # the input file itself, a new file in the input folder (read as a feed next time), the model: refused before running
+    assert main(["run", str(digits_onnx), "--input", str(feeds / "0.npz"), "--save-outputs", str(feeds / "0.npz")]) == 2
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    assert main(["run", str(digits_onnx), "--input", str(feeds), "--save-outputs", str(feeds / "out.npz")]) == 2
+    assert "input folder" in capsys.readouterr().err and not (feeds / "out.npz").exists()
+    with np.load(feeds / "0.npz") as z:
+        assert z.files == ["input"]
+        np.testing.assert_array_equal(z["input"], x)
+    assert main(["run", str(digits_onnx), "--input", str(feeds / "0.npz"), "--save-outputs", str(feeds / "0.npz"),
+                 "--force", "-q"]) == 0
+    with np.load(feeds / "0.npz") as z:
+        assert z.files == ["logits"]
+
+
+def test_a_zoo_models_file_runs_without_its_extra_flags(silero_vad):
+    # silero VAD needs sr=16000 and a 2x1x128 state: the zoo records them, so `bushu run silero_vad.onnx` works
+    res = bushu.run(silero_vad)
+    by_name = {t.name: t for t in res.inputs}
+    assert res and by_name["sr"].min == 16000 and by_name["state"].shape == (2, 1, 128)
+    mine = {t.name: t for t in bushu.run(silero_vad, values={"sr": 8000}, shapes={"input": (1, 256)}).inputs}
+    assert mine["sr"].min == 8000 and mine["input"].shape == (1, 256)  # the user's own values win
+
+
+def test_unknown_arguments_are_named_by_their_subcommand(capsys):
+    from bushu.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "a.onnx", "b.onnx", "c.onnx"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("bushu compare: error: unrecognized arguments: c.onnx")
+    assert len(err.strip().splitlines()) == 1

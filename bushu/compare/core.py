@@ -31,7 +31,7 @@ from ..engines.base import EngineOptions, TensorSpec, model_specs
 from ..errors import BushuError
 from ..inputs import Feed, check_feed, iter_feeds, synthesize
 from ..progress import progress
-from ..run import model_name
+from ..run import model_name, with_zoo_defaults
 from . import layerwise as lw
 from .metrics import OutputDiff, Tolerance, diff, merge
 from .result import CompareResult, LayerwiseResult, TensorDiff
@@ -199,6 +199,7 @@ def compare(
     per_output: dict[str, list[OutputDiff]] = {o.name: [] for o in ref.outputs}
     count = 0
     total = samples if inputs is None else None
+    synth = with_zoo_defaults(ma, synth)  # silero VAD's sr and state, when a zoo model's file is compared
     for feed in progress(_feeds(specs, inputs, samples, dict(synth)), total=total, desc="compare",
                          enabled=show_progress):
         count += 1

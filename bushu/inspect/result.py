@@ -14,6 +14,12 @@ if TYPE_CHECKING:
 Dims = tuple  # of int (static), str (symbolic name) or None (unknown)
 
 
+
+def _flops(n: float) -> str:
+    """``1.46 GFLOPs``, ``0 FLOPs``."""
+    c = human_count(n)
+    return f"{c[:-1]} {c[-1]}FLOPs" if c[-1] in "TGMk" else f"{c} FLOPs"
+
 @dataclasses.dataclass(frozen=True)
 class NodeCost:
     """Cost of one node, named as in the model (``name`` is empty for an unnamed node; ``index`` is its position
@@ -100,7 +106,7 @@ class InspectResult(Result):
         return sum(p.bytes for p in self.parameters)
 
     def __str__(self) -> str:
-        flops = f"{human_count(self.total_flops)}FLOPs" + (f" ({len(self.unknown)} nodes unknown)" if self.unknown else "")
+        flops = _flops(self.total_flops) + (f" ({len(self.unknown)} nodes unknown)" if self.unknown else "")
         return (f"{self.model}: {self.node_count} nodes, {human_count(self.parameter_count)} parameters "
                 f"({human_bytes(self.parameter_bytes)}), {flops}, {len(self.problems)} problem(s)")
 
@@ -132,7 +138,7 @@ class InspectResult(Result):
                        f"bind them with --shape {t.name}:{example or '...'}")
         intensity = f", {self.total_flops / self.total_bytes:.1f} FLOPs/byte" if self.total_bytes else ""
         partial = " (known nodes only)" if any(not c.graph for c in self.unknown) else ""
-        out.append(f"  {human_count(self.total_flops)}FLOPs, {human_bytes(self.total_bytes)} moved{intensity}{partial}")
+        out.append(f"  {_flops(self.total_flops)}, {human_bytes(self.total_bytes)} moved{intensity}{partial}")
         top = [c for c in self.nodes if not c.graph]
         by_op: dict[str, list[int]] = {}
         for c in top:

@@ -51,9 +51,7 @@ def write_report(results: Sequence, path: str | os.PathLike, *, title: str | Non
         dicts += [_as_dict(x) for x in d["results"]] if d.get("kind") is None and "results" in d else [d]
     if not dicts:
         raise BushuError("nothing to report: give at least one result")
-    path = Path(path)
-    if path.suffix.lower() not in (".html", ".htm"):
-        raise BushuError(f"the report is HTML: give a .html path, not {path}")
+    path = html_path(path)
     html = page(title or "bushu report", [section(d, i) for i, d in enumerate(dicts)], footer=f"bushu {__version__}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -81,9 +79,29 @@ def report(paths: Sequence[str | os.PathLike], output: str | os.PathLike, *, tit
     return write_report(results, output, title=title)
 
 
+def html_path(path: str | os.PathLike) -> Path:
+    """``path`` when it names an .html file, else a one-line error (also checked when ``--report`` is parsed, so a
+    wrong name is refused before the work, not after it)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise BushuError(f"the report is HTML: give a .html path, not {path}")
+    return path
+
+
+def _report_arg(value: str) -> str:
+    import argparse
+
+    try:
+        html_path(value)
+    except BushuError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def add_report_argument(parser) -> None:
     """The ``--report OUT.html`` option, for any subcommand whose result the report renders."""
-    parser.add_argument("--report", default=None, metavar="OUT.html", help="also write an HTML report of the result")
+    parser.add_argument("--report", default=None, metavar="OUT.html", type=_report_arg,
+                        help="also write an HTML report of the result")
 
 
 def write_if_asked(args, *results) -> ReportResult | None:

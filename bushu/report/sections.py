@@ -11,7 +11,7 @@ from collections.abc import Callable
 from html import escape
 
 from . import svg
-from .html import kv, records, table, verdict
+from .html import cell, kv, records, table, verdict
 
 
 def _bench(d: dict) -> str:
@@ -108,9 +108,24 @@ def _optimize(d: dict) -> str:
                ["weights (bytes)", d.get("initializer_bytes_before"), d.get("initializer_bytes_after")],
                ["opset", d.get("opset_before"), d.get("opset_after")],
                ["median latency (ms)", lat_b.get("median_ms"), lat_a.get("median_ms")]]
-    return "".join(["<h3>before / after</h3>", table(summary, ["", "before", "after"]),
-                    table([[o, before.get(o, 0), after.get(o, 0)] for o in ops], ["op", "before", "after"]),
-                    "<h3>passes</h3>", records(d.get("steps", []))])
+    steps = d.get("steps", [])
+    back = [s for s in steps if s.get("status") not in ("kept", "unchanged")]
+    out = ["<h3>before / after</h3>", table(summary, ["", "before", "after"]),
+           table([[o, before.get(o, 0), after.get(o, 0)] for o in ops], ["op", "before", "after"])]
+    if back:  # passes rolled back (or refused) with the reason and the first divergent node
+        out += ["<h3>rolled back</h3>", records(back)]
+    if d.get("notes"):
+        out += ["<h3>notes</h3>", _list(d["notes"])]
+    fired: dict[str, list] = {}  # which passes fired and how often, over every round
+    for st in steps:
+        if st.get("status") == "kept":
+            row = fired.setdefault(st.get("name", "?"), [st.get("name", "?"), 0, 0, 0.0])
+            row[1] += 1
+            row[2] += st.get("rewrites") or 0
+            row[3] += st.get("seconds") or 0.0
+    return "".join(out + ["<h3>passes that fired</h3>",
+                          table(list(fired.values()), ["pass", "rounds", "rewrites", "seconds"]),
+                          f"<details><summary>every step ({len(steps)})</summary>{records(steps)}</details>"])
 
 
 def _diagnosis(diag: dict) -> str:
@@ -128,12 +143,38 @@ def _diagnosis(diag: dict) -> str:
     return "".join(out)
 
 
+def _latency(lat: dict | None) -> str:
+    """A latency result (``timing.Latency.to_dict()``) as one line: median, p90, repetitions."""
+    if not lat:
+        return ""
+    return f"{lat['median_ms']:.4g} ms (p90 {lat.get('p90_ms', float('nan')):.4g}, {lat.get('repetitions', '?')} runs)"
+
+
+def _list(items) -> str:
+    return "<ul>" + "".join(f"<li>{escape(str(x))}</li>" for x in items) + "</ul>"
+
+
 def _quantize(d: dict) -> str:
     out = [kv({k: d.get(k) for k in ("source", "mode", "engine", "method", "quantized_layers", "calibration_samples",
-                                      "budget", "budget_met", "saved_to")})]
-    for key in ("accuracy", "speed"):
-        if d.get(key):
-            out += [f"<h3>{key}</h3>", kv(d[key])]
+                                      "budget", "budget_met", "saved_to") if d.get(k) is not None})]
+    if d.get("notes"):
+        out.append(_list(d["notes"]))
+    if d.get("float_layers"):
+        out += ["<h3>left in float</h3>", table(list(d["float_layers"].items()), ["layer", "why"])]
+    if d.get("accuracy"):
+        out += ["<h3>accuracy</h3>", kv({k: v for k, v in d["accuracy"].items() if v is not None})]
+    if d.get("budget_steps"):
+        out += ["<h3>budget search</h3>", records(d["budget_steps"])]
+    sp = d.get("speed")
+    if sp:
+        fp32, q = sp.get("fp32") or {}, sp.get("quantized") or {}
+        speedup = sp.get("speedup")
+        faster = None if speedup is None else speedup >= 1.0
+        out += [f"<h3>speed on {escape(str(sp.get('engine', '')))}</h3>",
+                table([["fp32", _latency(fp32)], ["quantized", _latency(q)]], ["model", "latency"]),
+                f"<p>speed-up (fp32 ÷ quantized latency) {cell(speedup)}× {verdict(faster, 'faster', 'not faster')}</p>"]
+        if sp.get("reasons"):
+            out += ["<p>why:</p>", _list(sp["reasons"])]
     if d.get("diagnosis"):
         out.append(_diagnosis(d["diagnosis"]))
     return "".join(out)
@@ -143,7 +184,10 @@ def _inspect(d: dict) -> str:
     ops = sorted((d.get("op_types") or {}).items(), key=lambda kv_: -kv_[1])
     summary = {k: d.get(k) for k in ("model", "producer", "ir_version", "opsets", "node_count", "total_flops",
                                      "total_bytes")}
-    return "".join([kv(summary), "<h3>inputs / outputs</h3>", records(d.get("inputs", []) + d.get("outputs", [])),
+    summary["opsets"] = ", ".join(f"{dom or 'ai.onnx'} {v}" for dom, v in (d.get("opsets") or {}).items())
+    io = [{**t, "shape": "x".join("?" if x is None else str(x) for x in t["shape"])}
+          if isinstance(t.get("shape"), list) else t for t in d.get("inputs", []) + d.get("outputs", [])]
+    return "".join([kv(summary), "<h3>inputs / outputs</h3>", records(io),
                     "<h3>nodes by op type</h3>", svg.bars(ops[:30], unit="nodes"),
                     "<h3>problems</h3>", records(d.get("problems", []))])
 
