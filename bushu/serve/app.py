@@ -26,7 +26,7 @@ from ..errors import BushuError
 from . import service
 from .manager import ModelManager
 from .metrics import CONTENT_TYPE, exposition
-from .protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response, error_body
+from .protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response_parts, error_body
 
 log = logging.getLogger("bushu.serve")
 _JSON = [(b"content-type", b"application/json")]
@@ -69,9 +69,13 @@ class HttpApp:
         except Exception as e:  # a bug: answer 500, keep serving
             log.exception("bushu serve: internal error")
             status, headers, body = 500, _JSON, error_body(f"internal error: {type(e).__name__}: {e}")
-        headers = [*headers, (b"content-length", str(len(body)).encode())]  # not chunked: one write, any client
+        # a body is bytes, or a list of buffers (an infer answer's header and its tensors, not copied together)
+        # sent as consecutive body messages; never chunked: the length is known
+        parts = body if isinstance(body, list) else [body]
+        headers = [*headers, (b"content-length", str(sum(len(b) for b in parts)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        for i, b in enumerate(parts):
+            await send({"type": "http.response.body", "body": b, "more_body": i < len(parts) - 1})
 
     async def _lifespan(self, receive, send):
         while True:
@@ -184,7 +188,7 @@ class HttpApp:
                 header_length = int(v)
         req = decode_request(body, header_length)
         res = await service.infer(self.manager, name, version, req)
-        out, json_len = encode_response(res.model, res.version, req.id, res.outputs, res.binary)
+        out, json_len = encode_response_parts(res.model, res.version, req.id, res.outputs, res.binary)
         if json_len is None:
             return 200, _JSON, out
         return 200, [(b"content-type", b"application/octet-stream"),

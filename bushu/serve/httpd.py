@@ -218,25 +218,25 @@ class _Connection(asyncio.BufferedProtocol):
                 cycle.status, cycle.headers, cycle.body = 500, [(b"content-type", b"application/json")], \
                     b'{"error": "internal error"}'
         if cycle.status is None:
-            cycle.status, cycle.headers, cycle.body = 500, [], b""
+            cycle.status, cycle.headers, cycle.body = 500, [], []
         keep = r.keep_alive and not self.closing and not (r.early and r.chunks)
-        self._write(cycle.status, cycle.headers, b"".join(cycle.body) if isinstance(cycle.body, list) else cycle.body,
-                    keep)
+        self._write(cycle.status, cycle.headers, cycle.body if isinstance(cycle.body, list) else [cycle.body], keep)
         return keep
 
-    def _write(self, status: int, headers: list, body: bytes, keep: bool) -> None:
+    def _write(self, status: int, headers: list, body: list, keep: bool) -> None:
+        """One ``writelines`` of the head and the body's buffers (not joined: a tensor goes out of its array)."""
         if self.transport is None:
             return
         head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
         head += [b"%s: %s\r\n" % (k, v) for k, v in headers if k.lower() not in (b"content-length", b"connection")]
-        head.append(b"content-length: %d\r\n" % len(body))
+        head.append(b"content-length: %d\r\n" % sum(len(b) for b in body))
         head.append(b"\r\n" if keep else b"connection: close\r\n\r\n")
-        self.transport.writelines([b"".join(head), body])
+        self.transport.writelines([b"".join(head), *(b for b in body if len(b))])
 
     def _refuse(self, status: int, message: str) -> None:
         import orjson
 
-        self._write(status, [(b"content-type", b"application/json")], orjson.dumps({"error": message}), False)
+        self._write(status, [(b"content-type", b"application/json")], [orjson.dumps({"error": message})], False)
         self.close()
 
     def close(self) -> None:

@@ -226,15 +226,17 @@ def _json_data(arr: np.ndarray):
     return np.ascontiguousarray(arr.reshape(-1))
 
 
-def encode_response(model: str, version: str, request_id: str, outputs: Mapping[str, np.ndarray],
-                    binary: Mapping[str, bool], parameters: Mapping | None = None) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the JSON header's length (for
-    ``Inference-Header-Content-Length``). ``binary`` says per output whether it goes as binary data."""
+def encode_response_parts(model: str, version: str, request_id: str, outputs: Mapping[str, np.ndarray],
+                          binary: Mapping[str, bool], parameters: Mapping | None = None) -> tuple[list, int | None]:
+    """The response body as a list of buffers to send one after the other -- the JSON header, then each binary
+    output as a byte view of its array (not copied) -- and, when any output is binary, the JSON header's length
+    (for ``Inference-Header-Content-Length``). ``binary`` says per output whether it goes as binary data."""
     tensors, chunks = [], []
     for name, arr in outputs.items():
         t = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
         if binary.get(name):
-            raw = serialize_bytes(arr) if t["datatype"] == "BYTES" else np.ascontiguousarray(arr).tobytes()
+            raw = serialize_bytes(arr) if t["datatype"] == "BYTES" else \
+                memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B")
             t["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -246,9 +248,14 @@ def encode_response(model: str, version: str, request_id: str, outputs: Mapping[
     if parameters:
         resp["parameters"] = dict(parameters)
     header = orjson.dumps(resp, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not chunks:
-        return header, None
-    return b"".join([header, *chunks]), len(header)
+    return [header, *chunks], len(header) if chunks else None
+
+
+def encode_response(model: str, version: str, request_id: str, outputs: Mapping[str, np.ndarray],
+                    binary: Mapping[str, bool], parameters: Mapping | None = None) -> tuple[bytes, int | None]:
+    """:func:`encode_response_parts` joined into one ``bytes``."""
+    parts, json_len = encode_response_parts(model, version, request_id, outputs, binary, parameters)
+    return b"".join(parts), json_len
 
 
 def error_body(message: str) -> bytes:

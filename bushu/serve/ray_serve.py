@@ -96,7 +96,7 @@ class ModelReplica:
             sent.append(msg)
 
         await self.app(scope, receive, send)
-        return sent[0]["status"], sent[0]["headers"], sent[1]["body"]
+        return sent[0]["status"], sent[0]["headers"], b"".join(m["body"] for m in sent[1:])
 
 
 class MetricsHub:
