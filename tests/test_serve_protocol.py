@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bushu.serve.protocol import DATATYPES, ProtocolError, decode_request, encode_response
+from bushu.serve.protocol import DATATYPES, ProtocolError, decode_request, encode_response, encode_response_parts
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 from tritonclient.http._utils import _get_inference_request  # noqa: E402  the exact bytes tritonclient sends
@@ -76,6 +76,17 @@ def test_encode_then_decode_is_identity(dt, shape, binary):
     body, json_len = encode_response("m", "1", "", {"y": a}, {"y": binary})
     assert (json_len is not None) == binary
     np.testing.assert_array_equal(_parse_response(body, json_len)["y"], a)
+
+
+def test_binary_outputs_are_sent_out_of_their_arrays_not_copied():
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    b = a[1:]  # a view of a batched output, as the batcher splits one
+    parts, json_len = encode_response_parts("m", "1", "", {"a": a, "b": b, "c": b}, {"a": True, "b": True, "c": False})
+    assert len(parts) == 3 and json_len == len(parts[0])
+    assert np.shares_memory(np.frombuffer(parts[1], np.float32), a)
+    assert np.shares_memory(np.frombuffer(parts[2], np.float32), b)
+    assert b"".join(parts) == encode_response("m", "1", "", {"a": a, "b": b, "c": b}, {"a": True, "b": True, "c": False})[0]
+    np.testing.assert_array_equal(_parse_response(b"".join(parts), json_len)["b"], b)
 
 
 def _binary_body(header: dict, payload: bytes) -> tuple[bytes, int]:
