@@ -20,7 +20,7 @@ from onnx_ir import external_data as _external_data
 
 from .errors import BushuError
 
-__all__ = ["ir", "load", "save", "loads", "to_proto", "to_bytes", "check_proto", "PROTOBUF_LIMIT"]
+__all__ = ["ir", "load", "save", "save_bytes", "loads", "to_proto", "to_bytes", "check_proto", "PROTOBUF_LIMIT"]
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Above this many bytes of weights a model is saved with external data (protobuf's hard limit is 2 GiB).
@@ -268,6 +268,23 @@ def save(
         else:
             ir.save(model, tmp_model)
         os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
+def save_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write a serialized model (:func:`to_bytes`) atomically, like :func:`save`: into a temporary folder beside
+    ``path``, then renamed into place. For a caller that also hands the same bytes to the checker or an engine:
+    the model is serialized once."""
+    path = Path(path)
+    if path.is_dir():
+        raise BushuError(f"{path} is a folder: give a file name such as {path / 'model.onnx'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".bushu-save-", dir=path.parent))
+    try:
+        (tmpdir / path.name).write_bytes(data)
+        os.replace(tmpdir / path.name, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path

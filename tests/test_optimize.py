@@ -196,3 +196,22 @@ def test_every_fusion_rule_is_gated_on_its_root_op():
     for rule in rules:
         for variant in rule.commute():
             assert root_op(variant), rule.name
+
+
+def test_output_check_without_its_weights_still_sees_their_types_and_shapes():
+    """The output's checker run leaves the large weights out (declared as inputs of their type and shape): a valid
+    model passes, and a weight whose shape doesn't fit its MatMul still fails the full check."""
+    from bushu.passes import STRIP_BYTES, _check_written
+
+    def model(rows):
+        w = onnx.numpy_helper.from_array(np.ones((rows, 64), np.float32), "w")
+        assert w.ByteSize() > STRIP_BYTES
+        return onnx.helper.make_model(onnx.helper.make_graph(
+            [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [w]),
+            opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+    good, bad = model(64), model(32)
+    assert _check_written(good) is None and not good.graph.initializer  # consumed: the weight was taken out
+    assert "Incompatible dimensions" in (_check_written(bad) or ""), _check_written(model(32))

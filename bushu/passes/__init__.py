@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import onnx
 import onnx_ir as ir
@@ -19,7 +20,7 @@ import onnx_ir as ir
 from .. import engines
 from .. import ir as bir
 from ..compare.metrics import Tolerance
-from ..engines.base import EngineOptions
+from ..engines.base import EngineOptions, has_external_data
 from ..errors import BushuError
 from ..inputs import check_feed
 from ..progress import progress
@@ -36,6 +37,10 @@ MAX_ROUNDS = 4
 VERIFY_EACH_LIMIT = 1 << 30  # bytes of weights; above it each pass would cost a full ORT load, so verify at the end
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def check_model(model: ir.Model | str | os.PathLike) -> str | None:
     """``onnx.checker`` full check (types and shapes too) of a model or of a file (read by the checker itself,
     without a Python copy of the weights); the first line of its complaint, or None."""
@@ -49,7 +54,32 @@ def check_model(model: ir.Model | str | os.PathLike) -> str | None:
                 path = bir.save(model, os.path.join(d, "model.onnx"), external_data=True, force=True)
                 onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # the checker raises ValidationError, InferenceError or others by version
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return _first_line(e)
+    return None
+
+
+STRIP_BYTES = 1024  # initializers above this size are checked by type and shape, not re-read (_check_written)
+
+
+def _check_written(proto: onnx.ModelProto) -> str | None:
+    """:func:`check_model` of a model onnx-ir just serialized into ``proto`` (whose bytes are written): the main
+    graph's initializers over ``STRIP_BYTES`` are taken out of ``proto`` (it is consumed) and declared as graph
+    inputs of their type and shape, so the full check (graph, types, shapes, opsets) runs without the checker
+    parsing the weights again (0.1 s for 45 MB). What that leaves unchecked, that a tensor's bytes fit its shape,
+    holds by construction: onnx-ir writes a tensor from an array of that shape, or copies the input's tensor, which
+    the input's check read."""
+    graph = proto.graph
+    declared = {i.name for i in graph.input}
+    for i in reversed(range(len(graph.initializer))):
+        t = graph.initializer[i]
+        if t.ByteSize() > STRIP_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
+            if t.name not in declared:
+                graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+            del graph.initializer[i]
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # noqa: BLE001 -- as in check_model
+        return _first_line(e)
     return None
 
 
@@ -81,11 +111,12 @@ def _run_step(name: str, work: ir.Model, ctx: PassContext, verifier: Verifier | 
 
 
 def _sweep(names: list[str], work: ir.Model, ctx: PassContext, verifier: Verifier | None, feeds,
-           show_progress: bool) -> tuple[ir.Model, list[Step]]:
+           show_progress: bool, on_change=None) -> tuple[ir.Model, list[Step]]:
     """Run the pipeline to a fixed point: rounds over ``names`` until one keeps nothing (so optimizing the output
     again is a no-op), at most ``MAX_ROUNDS``. A pass is skipped when it changed nothing at its last run and no
     pass has changed the model since: it would change nothing again (passes are functions of the model). A pass
-    rolled back once is not retried: it is named once in the report."""
+    rolled back once is not retried: it is named once in the report. ``on_change()`` is called at the first kept
+    step."""
     steps: list[Step] = []
     generation = 0  # how many kept steps so far
     clean: dict[str, int] = {}  # pass name -> the generation at which it last ran and changed nothing
@@ -99,6 +130,8 @@ def _sweep(names: list[str], work: ir.Model, ctx: PassContext, verifier: Verifie
             work, step = _run_step(pass_name, work, ctx, verifier, feeds)
             steps.append(step)
             if step.status == "kept":
+                if not generation and on_change is not None:
+                    on_change()
                 generation += 1
                 kept += 1
             elif step.status == "unchanged":
@@ -144,7 +177,30 @@ def optimize(
     ops: the output is for ONNX Runtime only), each kept only where ORT runs faster with it (:mod:`.ort_target`).
     """
     t_start = time.perf_counter()
-    src = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
+    # A thread for what runs outside Python: the original's reference run on ONNX Runtime (which releases the GIL)
+    # beside the passes.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bushu-optimize") as pool:
+        given = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+        src = bir.load(model) if given is not None else model
+        work, result = _optimize(src, given, pool, output, t_start, level=level, passes=passes,
+                                 skip=skip, verify=verify, opset=opset, static_shapes=static_shapes, inputs=inputs,
+                                 samples=samples, tol=tol, fold_size_limit=fold_size_limit,
+                                 allow_invalid=allow_invalid, latency=latency, force=force,
+                                 show_progress=show_progress, target=target, synth=synth)
+    return work, result
+
+
+def _in_one_proto(model: ir.Model) -> onnx.ModelProto | None:
+    """The model as one protobuf, when it fits one (no external data, under protobuf's limit), else None."""
+    if has_external_data(model) or bir.weight_bytes(model) >= bir.EXTERNAL_DATA_THRESHOLD:
+        return None
+    return bir.to_proto(model)
+
+
+def _optimize(src: ir.Model, given: str | None, pool: ThreadPoolExecutor, output,
+              t_start: float, *, level, passes, skip, verify, opset, static_shapes, inputs, samples, tol,
+              fold_size_limit, allow_invalid, latency, force, show_progress, target, synth
+              ) -> tuple[ir.Model, OptimizeResult]:
     name = str(src.meta.get("bushu.path") or src.graph.name or "model")
     names = pipeline.select(level, passes, skip)
     ort_target.check_target(target)
@@ -153,7 +209,7 @@ def optimize(
         raise BushuError(f"refusing to overwrite the input {output}: choose another output path or pass --force")
     # The original as a file when we read it from one: the checker and ONNX Runtime read it themselves, without
     # serializing the weights again (a model passed in memory may differ from the file it came from).
-    original: ir.Model | str = str(source) if isinstance(model, (str, os.PathLike)) and source else src
+    original: ir.Model | str = str(source) if given is not None and source else src
     verify = verify or ("each" if bir.weight_bytes(src) < VERIFY_EACH_LIMIT else "end")
     if verify not in ("each", "end", "off"):
         raise BushuError(f"unknown --verify '{verify}': choose each, end or off")
@@ -184,14 +240,23 @@ def optimize(
             raise BushuError(f"converting to opset {opset} changed the outputs ({failure.reason}): keep the "
                              "model's opset")
     ctx = PassContext(PassOptions(fold_size_limit=fold_size_limit))
-    work, steps = _sweep(names, work, ctx, verifier if verify == "each" else None, feeds, show_progress)
+    # NOTE: the reference run starts at the first kept step, not before: a run that changes nothing needs none.
+    on_change = (lambda: verifier.prefetch(pool)) if verifier is not None else None
+    work, steps = _sweep(names, work, ctx, verifier if verify == "each" else None, feeds, show_progress, on_change)
     if target != "generic":  # engine-specific fusions, each verified and timed (after the generic passes)
         work, target_steps = ort_target.apply(work, target, ctx, verifier, feeds, skip=pipeline.split_names(skip))
         steps = [*steps, *target_steps]
     tidy(work)
-    # Saved once; the checker, the final check and the latency read that file (one serialization, not four).
+    # Serialized once: the final check and the latency read the file; the checker, that protobuf without its weights.
     with tempfile.TemporaryDirectory(prefix="bushu-opt-") as tmp:
-        written = bir.save(work, output if output is not None else os.path.join(tmp, "model.onnx"), force=force)
+        target_path = output if output is not None else os.path.join(tmp, "model.onnx")
+        proto = _in_one_proto(work)
+        if proto is not None:
+            written = bir.save_bytes(proto.SerializeToString(), target_path)
+            checker_error = _check_written(proto) if not invalid else None
+        else:
+            written = bir.save(work, target_path, force=force)
+            checker_error = check_model(written) if not invalid else None
         verify_error = None
         if verifier is not None:
             if edits or any(s.status == "kept" for s in steps):
@@ -199,7 +264,6 @@ def optimize(
                 verify_error = failure.reason if failure else None
             else:
                 ctx.note("verify: no pass changed the model: the output is the input graph, not run again")
-        checker_error = check_model(written) if not invalid else None
         lat_before = _latency(original, feeds[0]) if latency else None
         lat_after = _latency(str(written), feeds[0]) if latency else None
     result = OptimizeResult(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
 
 import numpy as np
 import onnx_ir as ir
@@ -27,6 +28,8 @@ from ..inputs import Feed, check_feed, load_feeds, synthesize_many
 # for deep nets while a pass that changes a weight by 0.1 % still fails.
 DEFAULT_TOL = Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.9999)
 _RUN_OPTIONS = EngineOptions(opt_level="disable", threads=2)
+# The reference run in the background takes one core; the passes (Python) have the other.
+PREFETCH_THREADS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +77,10 @@ def make_feeds(model: ir.Model, inputs=None, samples: int = 3, **synth) -> list[
     return synthesize_many(specs, samples, **synth)
 
 
-def run_ort(model: ir.Model | str, feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
+def run_ort(model: ir.Model | str, feeds: Sequence[Feed], threads: int = 2) -> list[dict[str, np.ndarray]]:
     """Outputs of ``model`` (in memory, or a file ONNX Runtime reads itself) on each feed, ORT optimizations off."""
-    sess = engines.open_session(model, "ort", _RUN_OPTIONS)
+    options = _RUN_OPTIONS if threads == _RUN_OPTIONS.threads else dataclasses.replace(_RUN_OPTIONS, threads=threads)
+    sess = engines.open_session(model, "ort", options)
     names = {s.name for s in sess.inputs}
     return [sess.run({k: v for k, v in f.items() if k in names}) for f in feeds]
 
@@ -90,11 +94,19 @@ class Verifier:
         self.feeds = list(feeds)
         self.tol = tol
         self._reference: list[dict[str, np.ndarray]] | None = None
+        self._pending: Future | None = None
+
+    def prefetch(self, pool: Executor) -> None:
+        """Start computing the reference in ``pool``: ONNX Runtime releases the GIL, so the original runs on the
+        other core while the passes rewrite the model (once the first one changed it: then a check will come)."""
+        if self._reference is None and self._pending is None:
+            self._pending = pool.submit(run_ort, self.original, self.feeds, PREFETCH_THREADS)
 
     @property
     def reference(self) -> list[dict[str, np.ndarray]]:
         if self._reference is None:
-            self._reference = run_ort(self.original, self.feeds)
+            pending, self._pending = self._pending, None
+            self._reference = pending.result() if pending is not None else run_ort(self.original, self.feeds)
         return self._reference
 
     def check(self, candidate: ir.Model | str) -> Failure | None:
