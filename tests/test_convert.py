@@ -277,7 +277,9 @@ def test_ncnn_converts_after_preparation(digits_onnx, silero_vad, tmp_path):
     assert r and r.outputs[0].max_abs < 1e-4, r.render()
     # silero VAD: the scalar sr is bound from the zoo's value; pnnx then names what it can't convert
     s = bushu.convert(silero_vad, "ncnn", tmp_path / "vad", values={"sr": 16000})
-    assert not s and s.unsupported == ("LSTM",) and "sr=16000" in s.error
+    # pnnx has no LSTM: the one-step LSTM is unrolled; what is left is the (2, batch, 128) state input, whose dim 0
+    # pnnx takes for the batch (torch.unbind of it)
+    assert not s and s.unsupported == ("torch.unbind",) and "sr=16000" in s.error and "LSTM unrolled" in s.error
     with pytest.raises(ConversionError, match="--value sr="):
         open_session(silero_vad, "ncnn")  # an engine has no value to bind
 
@@ -310,3 +312,34 @@ def test_ncnn_converts_rec_at_opset_14(ppocr_rec, tmp_path):
     assert r and r.outputs[0].max_abs < 1e-4, r.render()
     param = (tmp_path / "ncnn" / "model.ncnn.param").read_text()
     assert param.count("MultiHeadAttention") == 2 and "torch.unbind" not in param
+
+
+def test_one_step_lstm_is_unrolled():
+    import onnx
+    from onnx import helper
+
+    from bushu.convert.pnnx_prep import unroll_lstm_step
+
+    rng = np.random.default_rng(0)
+    hid, inp, batch = 4, 3, 2
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W", (1, 4 * hid, inp)), ("R", (1, 4 * hid, hid)), ("B", (1, 8 * hid)))]
+    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s)
+          for n, s in (("x", (1, batch, inp)), ("h0", (1, batch, hid)), ("c0", (1, batch, hid)))]
+    outs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s)
+            for n, s in (("y", (1, 1, batch, hid)), ("yh", (1, batch, hid)), ("yc", (1, batch, hid)))]
+    lstm = helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0"], ["y", "yh", "yc"], hidden_size=hid)
+    proto = helper.make_model(helper.make_graph([lstm], "g", io, outs, inits), opset_imports=[helper.make_opsetid("", 17)])
+    m = ir.from_proto(proto)
+    feed = {n: rng.standard_normal(s).astype(np.float32) for n, s in (("x", (1, batch, inp)), ("h0", (1, batch, hid)),
+                                                                       ("c0", (1, batch, hid)))}
+    want = open_session(m, "ort").run(feed)
+    assert unroll_lstm_step(m) == 1
+    ops = [n.op_type for n in m.graph]
+    assert "LSTM" not in ops and ops.count("MatMul") == 2 and ops.count("Sigmoid") == 3 and ops.count("Tanh") == 2
+    got = open_session(m, "ort").run(feed)
+    for name in ("y", "yh", "yc"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+    # a sequence longer than one step is left alone
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    assert unroll_lstm_step(ir.from_proto(proto)) == 0

@@ -77,7 +77,7 @@ def _prepare(job: Job) -> None:
     if job.engine in ("ncnn", "mnn"):
         from ..convert.targets import cached
 
-        cached(job.model, job.engine, job.shapes)
+        cached(job.model, job.engine, job.shapes, job.values)
 
 
 def _error_rows(job: Job, note: str) -> list[dict]:
@@ -111,8 +111,8 @@ def run_job(job: Job) -> list[dict]:
         memory.reset_peak()
         try:
             t0 = time.perf_counter()
-            sess = engines.open_session(job.model, job.engine, EngineOptions(threads=job.threads,
-                                                                             opt_level=job.opt_level, shapes=shapes))
+            sess = engines.open_session(job.model, job.engine, EngineOptions(threads=job.threads, opt_level=job.opt_level,
+                                                                             shapes=shapes, values=job.values))
             load_s = time.perf_counter() - t0
             feed = synthesize(sess.inputs, shapes=shapes, values=job.values, seed=job.seed)
             sess.run(feed)

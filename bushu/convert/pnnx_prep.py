@@ -16,6 +16,10 @@ has no kernel for. ncnn has no batch dim anyway (a batch runs item by item), so 
    optimize --opset 14``). It is the same softmax, but it hides the attention pattern pnnx turns into ncnn's
    ``MultiHeadAttention``: PP-OCRv4 rec's attention was then left as ``Tensor.reshape`` + ``torch.unbind``.
 
+6. a one-step, forward ``LSTM`` (sequence length 1, as in an ``LSTMCell``: silero VAD's decoder) becomes its
+   arithmetic: two MatMuls, the bias, four gate Slices, Sigmoid/Tanh and the state update. pnnx's ONNX front end
+   has no LSTM (it says ``ignore LSTM``); it converts those ops.
+
 The other dims stay as they were, so pnnx still sees them dynamic where they are.
 """
 
@@ -114,6 +118,84 @@ def unflatten_softmax(model: ir.Model) -> int:
     return done
 
 
+def _unsqueeze0(model: ir.Model, x: ir.Value, name: str) -> ir.Node:
+    if model.opset_imports.get("", 1) >= 13:
+        return ir.node("Unsqueeze", [x, _const(model, np.asarray([0], np.int64), f"{name}_axes")], name=name)
+    return ir.node("Unsqueeze", [x], attributes={"axes": [0]}, name=name)
+
+
+def _const(model: ir.Model, array: np.ndarray, name: str) -> ir.Value:
+    v = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    v.type, v.shape = ir.TensorType(ir.DataType.from_numpy(array.dtype)), ir.Shape(array.shape)
+    model.graph.register_initializer(v)
+    return v
+
+
+def unroll_lstm_step(model: ir.Model) -> int:
+    """Replace each forward ``LSTM`` over a sequence of length 1 with constant weights and given initial states by
+    its arithmetic (gates ``i, o, f, c`` as ONNX orders them); returns how many were replaced."""
+    done = 0
+    for node in list(model.graph):
+        if node.op_type != "LSTM" or node.domain not in ("", "ai.onnx"):
+            continue
+        ins = list(node.inputs) + [None] * (8 - len(node.inputs))
+        x, w, r, b, seq, h0, c0, peep = ins
+        plain = all(k in ("hidden_size", "direction") for k in node.attributes)
+        direction = node.attributes.get_string("direction", "forward")
+        if (not plain or direction != "forward" or x is None or x.shape is None or len(x.shape) != 3
+                or x.shape[0] != 1 or seq is not None or peep is not None or h0 is None or c0 is None
+                or w is None or w.const_value is None or r is None or r.const_value is None
+                or (b is not None and b.const_value is None)):
+            continue
+        hidden = node.attributes.get_int("hidden_size", 0)
+        wt = np.ascontiguousarray(w.const_value.numpy()[0].T)  # [input, 4H]
+        rt = np.ascontiguousarray(r.const_value.numpy()[0].T)  # [H, 4H]
+        bias = (b.const_value.numpy()[0, :4 * hidden] + b.const_value.numpy()[0, 4 * hidden:]) if b is not None \
+            else np.zeros(4 * hidden, wt.dtype)
+        if not hidden or wt.shape[1] != 4 * hidden:
+            continue
+        p = node.name or f"lstm{done}"
+        axes0 = _const(model, np.asarray([0], np.int64), f"{p}_axes0")
+        squeeze = [ir.node("Squeeze", [v, axes0] if model.opset_imports.get("", 1) >= 13 else [v],
+                           attributes={} if model.opset_imports.get("", 1) >= 13 else {"axes": [0]},
+                           name=f"{p}_squeeze_{k}") for k, v in (("x", x), ("h", h0), ("c", c0))]
+        xs, hs, cs = (n.outputs[0] for n in squeeze)
+        mx = ir.node("MatMul", [xs, _const(model, wt, f"{p}_W")], name=f"{p}_matmul_x")
+        mh = ir.node("MatMul", [hs, _const(model, rt, f"{p}_R")], name=f"{p}_matmul_h")
+        add = ir.node("Add", [mx.outputs[0], mh.outputs[0]], name=f"{p}_add")
+        gates = ir.node("Add", [add.outputs[0], _const(model, bias.astype(wt.dtype), f"{p}_B")], name=f"{p}_bias")
+        new = [*squeeze, mx, mh, add, gates]
+        acts = {}
+        axis1 = _const(model, np.asarray([1], np.int64), f"{p}_axis1")
+        for k, (gate, act) in enumerate((("i", "Sigmoid"), ("o", "Sigmoid"), ("f", "Sigmoid"), ("c", "Tanh"))):
+            sl = ir.node("Slice", [gates.outputs[0], _const(model, np.asarray([k * hidden], np.int64), f"{p}_{gate}0"),
+                                   _const(model, np.asarray([(k + 1) * hidden], np.int64), f"{p}_{gate}1"), axis1],
+                         name=f"{p}_slice_{gate}")
+            a = ir.node(act, [sl.outputs[0]], name=f"{p}_{act.lower()}_{gate}")
+            new += [sl, a]
+            acts[gate] = a.outputs[0]
+        fc = ir.node("Mul", [acts["f"], cs], name=f"{p}_forget")
+        ic = ir.node("Mul", [acts["i"], acts["c"]], name=f"{p}_input")
+        cn = ir.node("Add", [fc.outputs[0], ic.outputs[0]], name=f"{p}_cell")
+        tc = ir.node("Tanh", [cn.outputs[0]], name=f"{p}_tanh_cell")
+        hn = ir.node("Mul", [acts["o"], tc.outputs[0]], name=f"{p}_hidden")
+        yh = _unsqueeze0(model, hn.outputs[0], f"{p}_y_h")
+        yc = _unsqueeze0(model, cn.outputs[0], f"{p}_y_c")
+        y = _unsqueeze0(model, yh.outputs[0], f"{p}_y")
+        new += [fc, ic, cn, tc, hn, yh, yc, y]
+        outs = list(node.outputs) + [None] * (3 - len(node.outputs))
+        for old_v, made in zip(outs, (y, yh, yc)):
+            if old_v is None or (not old_v.uses() and not old_v.is_graph_output()):
+                continue
+            name, old_v.name = old_v.name, None
+            made.outputs[0].name, made.outputs[0].shape, made.outputs[0].type = name, old_v.shape, old_v.type
+            old_v.replace_all_uses_with(made.outputs[0], replace_graph_outputs=True)
+        model.graph.insert_after(node, new)
+        model.graph.remove(node, safe=True)
+        done += 1
+    return done
+
+
 def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None) -> tuple[list[TensorSpec], dict, str]:
     """Write the pnnx-ready model (see the module docstring) to ``out_path``; returns its input specs, the bound
     scalar values and a one-line note of what was done."""
@@ -126,22 +208,32 @@ def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None
     model = bir.load(onnx_path)
     bound = bind_scalars(model, values or {})
     batch = {}
+    anonymous = False
     for v in model.graph.inputs:
         first = v.shape[0] if v.shape is not None and len(v.shape) else None
         if isinstance(first, ir.SymbolicDim) and first.value:
             batch[first.value] = 1
+        elif first is None or (isinstance(first, ir.SymbolicDim) and not first.value):
+            if v.shape is not None and len(v.shape) > 1:  # an unnamed batch dim: fixed on this input alone
+                v.shape = ir.Shape([1, *v.shape[1:]])
+                anonymous = True
     if batch:
         set_dims(model, batch)
+    batch = batch or anonymous
     softmaxes = unflatten_softmax(model) if model.opset_imports.get("", 0) >= 13 else 0
     onnxscript.optimizer.optimize(model)
     model, _ = optimize(model, level="basic", verify="off", latency=False, show_progress=False)
     gathers = gather_as_reshape(model)
+    lstms = unroll_lstm_step(model)
+    if lstms:  # the unrolled state arithmetic is left for pnnx; dead LSTM outputs go
+        model, _ = optimize(model, level="basic", verify="off", latency=False, show_progress=False)
     bir.save(model, out_path, force=True)
     specs, _ = model_specs(model)
     what = [f"bound {', '.join(f'{k}={v:g}' for k, v in bound.items())}" if bound else "",
             "batch fixed at 1" if batch else "", "constants folded",
             f"{gathers} Gather(0…n-1) as Reshape" if gathers else "",
-            f"{softmaxes} Flatten-Softmax-Reshape as Softmax" if softmaxes else ""]
+            f"{softmaxes} Flatten-Softmax-Reshape as Softmax" if softmaxes else "",
+            f"{lstms} one-step LSTM unrolled" if lstms else ""]
     return specs, bound, "; ".join(w for w in what if w)
 
 

@@ -44,7 +44,8 @@ class EngineOptions:
     ``opt_level``: ``disable|basic|extended|all`` (ONNX Runtime's graph optimization levels; other engines map it
     as close as they can). ``shapes`` binds dynamic dims for engines that need static shapes. ``providers`` picks
     ONNX Runtime execution providers (``cpu``, ``cuda``, ``tensorrt``). ``spin=False`` stops idle worker threads
-    from spinning, which matters when several sessions share a process (a server).
+    from spinning, which matters when several sessions share a process (a server). ``values`` gives scalar inputs'
+    values to engines that must fix them when they convert the model (ncnn: pnnx takes no scalar inputs).
     """
 
     threads: int | None = None
@@ -53,6 +54,7 @@ class EngineOptions:
     providers: tuple[str, ...] = ()
     spin: bool = True
     profile: bool = False
+    values: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
 @runtime_checkable

@@ -111,7 +111,7 @@ class NcnnEngine:
         from ..convert.ncnn import FILES, fixed_specs, two_shapes
         from ..convert.targets import cached
 
-        folder, m = cached(model, "ncnn", options.shapes)
+        folder, m = cached(model, "ncnn", options.shapes, options.values)
         ins, outs = model_specs(m)
         ins = fixed_specs(ins, *two_shapes(ins, options.shapes))
         return NcnnSession(folder / FILES[0], folder / FILES[1], ins, outs, options.threads)
