@@ -4,8 +4,9 @@ An engine thread takes the oldest request and every queued request whose inputs 
 dimension, same dtypes), up to ``max_batch_size`` items; with a ``max_queue_delay`` it waits that long from the
 oldest request's arrival for more. With preferred batch sizes, a batch that can't reach ``max_batch_size`` is cut
 to the largest preferred size it reaches. With no delay, batches still form under load: whatever queued up while
-the engine was busy runs together. The thread runs the merged batch (ONNX Runtime releases the GIL) and the
-handler splits the outputs back per request.
+the engine was busy runs together. A batch that formed while other instances were idle is shared out among them
+(each takes an even share), so N instances run N smaller batches at once rather than one runs and N-1 sleep. The
+thread runs the merged batch (ONNX Runtime releases the GIL) and the handler splits the outputs back per request.
 
 A full queue answers 503 at once; a request whose timeout passes while queued answers 503 when it is dequeued.
 :meth:`Batcher.close` stops taking requests and lets the queued and running ones finish.
@@ -65,6 +66,7 @@ class _Item:
     fut: asyncio.Future
     t_enq: int
     deadline: int  # perf_counter_ns, 0 = none
+    shared: bool = False  # left queued by an instance that took its share of a formed batch: runs without waiting
 
 
 class Batcher:
@@ -152,6 +154,26 @@ class Batcher:
         self._pending.extendleft(reversed(batch[len(keep):]))
         return keep
 
+    def _share(self, batch: list[_Item], size: int) -> list[_Item]:
+        """Under _cond: with other instances idle, this one takes its share of ``batch`` (``size`` items split
+        evenly over the idle instances) and leaves the rest queued for them, so that a batch that formed while
+        every instance waited runs on all of them at once rather than on one while the others sleep."""
+        idle = len(self._threads) - self._running  # this one included
+        if idle <= 1 or len(batch) <= 1:
+            return batch
+        share, keep, n = -(-size // idle), [], 0
+        for it in batch:
+            if keep and n + it.size > share:
+                break
+            keep.append(it)
+            n += it.size
+        if len(keep) < len(batch):
+            for it in batch[len(keep):]:
+                it.shared = True
+            self._pending.extendleft(reversed(batch[len(keep):]))
+            self._cond.notify()
+        return keep
+
     def _form(self) -> list[_Item] | None:
         """The next batch to run (waiting up to the queue delay for a fuller one), or None once closing and empty."""
         expired: list[_Item] = []
@@ -168,7 +190,9 @@ class Batcher:
                         continue
                     size = sum(it.size for it in batch)
                     wait_ns = batch[0].t_enq + self.policy.max_queue_delay_ns - time.perf_counter_ns()
-                    if not self.policy.merge or size >= self.policy.max_batch_size or wait_ns <= 0 or self._closing:
+                    if (not self.policy.merge or size >= self.policy.max_batch_size or wait_ns <= 0 or self._closing
+                            or batch[0].shared):
+                        batch = self._share(batch, size)
                         batch = self._cut_to_preferred(batch) if self.policy.preferred else batch
                         self._running += 1
                         return batch
