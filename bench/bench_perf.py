@@ -30,7 +30,7 @@ from bushu.profile import peaks
 from bushu.timing import machine
 
 ZOO = ["ppocr-cls", "ppocr-rec", "ppocr-det", "silero-vad"]
-TORCH_ZOO = ["digits-cnn", "mobilenetv3-small-like", "resnet18-like"]
+TORCH_ZOO = ["digits-cnn", "mobilenetv3-small-like", "resnet18-like", "minilm"]
 
 
 def md_table(rows, header) -> str:
@@ -87,6 +87,10 @@ def overhead(models, rounds: int, budget: float) -> str:
                            "≥ 0.98"])
 
 
+def _label(name: str) -> str:
+    return Path(name).stem if os.sep in name else name
+
+
 def coverage(models, engines, repeats: int) -> str:
     """Each model × engine profiled ``repeats`` times; medians and ranges over the repeats."""
     rows = []
@@ -97,7 +101,7 @@ def coverage(models, engines, repeats: int) -> str:
                 try:
                     found.append(bushu.profile(name, engine, budget_s=2.0))
                 except bushu.BushuError as e:
-                    rows.append([name, engine, "error: " + str(e)[:80], "", "", "", "", "", ""])
+                    rows.append([_label(name), engine, "error: " + str(e)[:80], "", "", "", "", "", ""])
                     break
             if len(found) < repeats:
                 continue
@@ -105,15 +109,16 @@ def coverage(models, engines, repeats: int) -> str:
             cov = [p.coverage for p in found]
             ex = [p.executor_ms for p in found if p.executor_ms is not None]
             slow = [p.profiler_slowdown for p in found]
-            rows.append([name, engine, f"{np.median([p.e2e_ms for p in found]):.3f}",
+            rows.append([_label(name), engine, f"{np.median([p.e2e_ms for p in found]):.3f}",
                          f"{np.median([p.latency_ms for p in found]):.3f}", f"{np.median(slow):.2f}x",
                          f"{np.median(cov):.3f} ({min(cov):.2f}–{max(cov):.2f})",
                          f"{np.median(ex):.3f}" if ex else "not timed",
                          f"{np.median(acc):.3f} ({min(acc):.2f}–{max(acc):.2f})",
                          "yes" if abs(np.median(acc) - 1) <= 0.10 else "NO"])
     return md_table(rows, ["model", "engine", "profiled run ms", "unprofiled ms", "profiler slowdown",
-                           "kernels ÷ run (range)", "executor between kernels ms",
-                           "(kernels + executor) ÷ run (range)", "within 10 %"])
+                           "kernels ÷ run (range)",
+                           "measured overhead ms (ORT: executor between kernels; OpenVINO: infer request round trip)",
+                           "(kernels + overhead) ÷ run (range)", "within 10 %"])
 
 
 def _fit_width(x: np.ndarray, width: int) -> np.ndarray:
@@ -122,27 +127,85 @@ def _fit_width(x: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _interleaved(a, b, feed, rounds: int, block: int = 3) -> tuple[float, float, float, str]:
-    """Median ms of ``a`` and ``b`` (sessions) timed in alternating blocks, the median per-round ratio a/b and
-    its IQR."""
-    ta, tb, ratios = [], [], []
-    for s in (a, b):
+def _interleaved_many(sessions: dict, feed, rounds: int, block: int = 3) -> dict[str, tuple[float, float, str]]:
+    """Each session (name → session) timed in blocks of ``block`` runs, round-robin, the order reversed on odd
+    rounds. Per name: median ms, the median per-round ratio (first session's ms ÷ this one's: its speed-up over
+    the first) and that ratio's IQR."""
+    names = list(sessions)
+    for s in sessions.values():
         s.run(feed)
+    ms: dict[str, list[float]] = {n: [] for n in names}
     for i in range(rounds):
-        order = (a, b) if i % 2 == 0 else (b, a)
-        got = {}
-        for s in order:
+        for n in (names if i % 2 == 0 else names[::-1]):
+            s = sessions[n]
             s.run(feed)
             ts = []
             for _ in range(block):
                 t0 = time.perf_counter()
                 s.run(feed)
                 ts.append((time.perf_counter() - t0) * 1e3)
-            got[id(s)] = float(np.median(ts))
-        ta.append(got[id(a)])
-        tb.append(got[id(b)])
-        ratios.append(got[id(a)] / got[id(b)])
-    return float(np.median(ta)), float(np.median(tb)), float(np.median(ratios)), _quartiles(ratios)
+            ms[n].append(float(np.median(ts)))
+    base = np.asarray(ms[names[0]])
+    out = {}
+    for n in names:
+        ratios = base / np.asarray(ms[n])
+        out[n] = (float(np.median(ms[n])), float(np.median(ratios)), _quartiles(ratios))
+    return out
+
+
+def _interleaved(a, b, feed, rounds: int, block: int = 3) -> tuple[float, float, float, str]:
+    """Median ms of ``a`` and ``b`` (sessions) timed in alternating blocks, the median per-round ratio a/b and
+    its IQR."""
+    got = _interleaved_many({"a": a, "b": b}, feed, rounds, block)
+    return got["a"][0], got["b"][0], got["b"][1], got["b"][2]
+
+
+def int8_by_layer_type(rounds: int, threads: int = 1) -> str:
+    """Which ncnn layer types gain from INT8: the FP32 model against copies with only one layer type made INT8
+    (and with all but the depthwise convolutions), interleaved, at ``threads`` threads."""
+    import tempfile
+
+    from bushu import datasets, zoo
+    from bushu.convert import ncnn_int8 as q
+    from bushu.convert.ncnn import FILES, fixed_specs, two_shapes
+    from bushu.convert.targets import cached
+    from bushu.engines.base import model_specs
+    from bushu.engines.ncnn import NcnnSession
+
+    def kind(layer) -> str:
+        if layer.type != "Convolution":
+            return {"ConvolutionDepthWise": "depthwise", "InnerProduct": "fully connected"}[layer.type]
+        return "conv 1x1" if layer.i(1) == 1 and layer.i(11, layer.i(1)) == 1 else "conv kxk"
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-int8-types-") as tmp:
+        for name, width in (("ppocr-cls", 192), ("ppocr-rec", 320)):
+            shapes = {"x": (1, 3, 48, width)}
+            folder, m = cached(zoo.path(name), "ncnn", shapes)
+            ins, outs = model_specs(m)
+            ins = fixed_specs(ins, *two_shapes(ins, shapes))
+            fp = NcnnSession(folder / FILES[0], folder / FILES[1], ins, outs, threads)
+            feeds = [{"x": _fit_width(t.x, width)} for t in datasets.text_lines(8, seed=102)]
+            layers = q.quantizable(folder / FILES[0], depthwise=True)
+            th = q.thresholds(fp, feeds, layers, "minmax")
+            groups = {"every layer": [la for la in layers],
+                      "all but depthwise (bushu's default)": [la for la in layers if kind(la) != "depthwise"]}
+            for k in ("depthwise", "conv 1x1", "conv kxk", "fully connected"):
+                if any(kind(la) == k for la in layers):
+                    groups[f"only {k}"] = [la for la in layers if kind(la) == k]
+            sessions = {"FP32": fp}
+            for g, chosen in groups.items():
+                d = Path(tmp) / f"{name}-{len(sessions)}"
+                d.mkdir()
+                q.rewrite(folder / FILES[0], folder / FILES[1], d / FILES[0], d / FILES[1],
+                          {la.name: th[la.name] for la in chosen})
+                sessions[g] = NcnnSession(d / FILES[0], d / FILES[1], ins, outs, threads)
+            got = _interleaved_many(sessions, feeds[0], rounds, block=20 if name == "ppocr-cls" else 3)
+            for g in list(groups):
+                ms, speedup, iqr = got[g]
+                rows.append([name, g, len(groups[g]), f"{got['FP32'][0]:.3f}", f"{ms:.3f}", f"{speedup:.2f} ({iqr})"])
+    return md_table(rows, ["model", "layers made INT8", "count", "FP32 ms", "INT8 ms",
+                           f"speed-up FP32 ÷ INT8, median of {rounds} rounds (IQR), {threads} thread(s)"])
 
 
 def ncnn_int8(rounds: int) -> str:
@@ -167,19 +230,21 @@ def ncnn_int8(rounds: int) -> str:
         for name, path, shp, feeds, metric in cases:
             folder = {}
             results = {}
-            for prec in ("fp32", "int8"):
+            for prec in ("fp32", "int8", "int8-dw"):
                 t0 = time.perf_counter()
-                r = bushu.convert(path, "ncnn", os.path.join(tmp, f"{name}-{prec}"), shapes=shp, int8=prec == "int8",
-                                  calib=feeds[:32] if prec == "int8" else None, verify_outputs=prec == "int8")
+                r = bushu.convert(path, "ncnn", os.path.join(tmp, f"{name}-{prec}"), shapes=shp, int8=prec != "fp32",
+                                  calib=feeds[:32] if prec != "fp32" else None, verify_outputs=prec != "fp32",
+                                  int8_depthwise=prec == "int8-dw")
                 results[prec] = (r, time.perf_counter() - t0)
                 folder[prec] = Path(r.out_dir) if r.out_dir else None
             r8 = results["int8"][0]
-            if folder["int8"] is None or folder["fp32"] is None:
+            if None in folder.values():
                 rows.append([name, "error: " + (r8.error or "no INT8 files")[:120], "", "", "", "", "", ""])
                 continue
             m = bushu.load(path)
             fp = open_converted("ncnn", folder["fp32"], m, shp)
             q8 = open_converted("ncnn", folder["int8"], m, shp)
+            q8dw = open_converted("ncnn", folder["int8-dw"], m, shp)
             if name == "ppocr-rec":
                 def acc(s):
                     return 100 * float(np.mean([datasets.ppocr_decode(next(iter(s.run({"x": _fit_width(t.x, 320)}).values())))[0]
@@ -191,13 +256,17 @@ def ncnn_int8(rounds: int) -> str:
                 feeds_t = [{"x": _fit_width(t.x, 192)} for t in cls_test]
                 quality = f"{100 * float(np.mean([top1(fp, f) == top1(q8, f) for f in feeds_t])):.0f} %"
             sizes = [(folder[p] / "model.ncnn.bin").stat().st_size / 2**20 for p in ("fp32", "int8")]
-            ms32, ms8, ratio, iqr = _interleaved(fp, q8, feeds[0], rounds)
+            got = _interleaved_many({"fp32": fp, "int8": q8, "int8-dw": q8dw}, feeds[0], rounds)
             check = f"{r8.verdict}, worst cosine {min(o.cosine for o in r8.outputs):.4f}"
-            rows.append([name, f"{r8.int8_layers}", f"{sizes[0]:.1f} → {sizes[1]:.1f}", f"{metric}: {quality}", check,
-                         f"{ms32:.2f}", f"{ms8:.2f}", f"{ratio:.2f} ({iqr})"])
+            rdw = results["int8-dw"][0]
+            rows.append([name, f"{r8.int8_layers} (+{r8.int8_fp32_depthwise} depthwise FP32)",
+                         f"{sizes[0]:.1f} → {sizes[1]:.1f}", f"{metric}: {quality}", check,
+                         f"{got['fp32'][0]:.2f}", f"{got['int8'][0]:.2f}", f"{got['int8'][1]:.2f} ({got['int8'][2]})",
+                         f"{got['int8-dw'][0]:.2f} ms, {got['int8-dw'][1]:.2f} ({got['int8-dw'][2]}), "
+                         f"{rdw.verdict}"])
     return md_table(rows, ["model", "INT8 layers", "weights MiB", "accuracy", "INT8 vs ORT FP32 (4 calibration feeds)",
-                           "FP32 ms", "INT8 ms",
-                           "speed-up FP32 ÷ INT8, median of rounds (IQR)"])
+                           "FP32 ms", "INT8 ms", "speed-up FP32 ÷ INT8, median of rounds (IQR)",
+                           "with the depthwise convolutions INT8 too: ms, speed-up (IQR)"])
 
 
 def fraction_of_peak(models, engines, pk) -> str:
@@ -223,7 +292,7 @@ def fraction_of_peak(models, engines, pk) -> str:
                 cells.append(f"{r.median_ms:.2f} ms · {g:.1f} GFLOP/s · {100 * g / pk.gflops:.1f} %")
             else:
                 cells.append(f"{r.status}: {(r.note or '')[:120]}")
-        rows.append([Path(name).stem if os.sep in name else name, f"{flops / 1e9:.3f}", *cells, best])
+        rows.append([_label(name), f"{flops / 1e9:.3f}", *cells, best])
     return md_table(rows, ["model", "GFLOPs", *engines, "fastest"])
 
 
@@ -251,12 +320,16 @@ def main() -> int:
              "### 1. `bushu bench` overhead against a bare loop (ORT, batch 1, short rounds in alternating order)", "",
              overhead(zoo[:2], 4 if args.quick else args.rounds, 0.25), "",
              "### 2. Per-op profile times against end-to-end latency", "",
-             coverage(zoo[:3], [e for e in ("ort", "openvino") if e in engines], 1 if args.quick else args.profile_repeats), "",
+             coverage(zoo[:3] if args.quick else zoo + torch_models, [e for e in ("ort", "openvino") if e in engines],
+                      1 if args.quick else args.profile_repeats), "",
              "### 3. Fraction of peak FP32 FLOP/s and the fastest engine", "",
              fraction_of_peak(zoo + torch_models, engines, pk), ""]
     if "ncnn" in engines:
         parts += ["### 4. ncnn's own INT8 (`bushu convert --to ncnn --int8`) against ncnn FP32 (interleaved)", "",
-                  ncnn_int8(6 if args.quick else 12), ""]
+                  ncnn_int8(6 if args.quick else 12), "",
+                  "### 5. Which ncnn layer types gain from INT8 (one type at a time, interleaved)", "",
+                  int8_by_layer_type(4 if args.quick else 10, threads=1), "",
+                  int8_by_layer_type(4 if args.quick else 10, threads=2), ""]
     text = "\n".join(parts)
     print(text)
     if args.out:
