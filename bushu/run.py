@@ -105,24 +105,25 @@ def first_feed(specs: list[TensorSpec], inputs=None, **synth) -> Feed:
     return feed
 
 
-def check_output_path(path: str | Path, protect=(), *, force: bool = False) -> None:
-    """Refuse a ``--save-outputs`` path that is not .npz, or that would replace the model or an input file, or add a
-    file to an input folder (``protect``: paths or mappings), unless ``force``. Called before the work, so a refusal
-    costs nothing."""
+def check_output_path(path: str | Path, protect=(), *, force: bool | None = False, flag: str = "--save-outputs",
+                      suffix: str | None = ".npz") -> None:
+    """Refuse an output ``path`` given by ``flag`` that lacks ``suffix``, or would replace the model or an input file,
+    or add a file to an input folder (``protect``: paths, or mappings that are skipped), unless ``force``. Called
+    before the work, so a refusal costs nothing. ``force=None``: the command has no ``--force`` to suggest."""
     path = Path(path)
-    if path.suffix != ".npz":
-        raise BushuError(f"--save-outputs needs a .npz path, got {path}")
+    if suffix and path.suffix != suffix:
+        raise BushuError(f"{flag} needs a {suffix} path, got {path}")
     if force:
         return
+    way = f"choose another {flag} path" + (" or pass --force" if force is not None else "")
     for source in protect:
         if source is None or isinstance(source, Mapping):
             continue
         src = Path(source).resolve()
         if path.resolve() == src:
-            raise BushuError(f"refusing to overwrite the input {path}: choose another --save-outputs path or pass --force")
+            raise BushuError(f"refusing to overwrite the input {path}: {way}")
         if src.is_dir() and path.resolve().parent == src:
-            raise BushuError(f"{path} is in the input folder {source} (it would be read as a feed next time): choose "
-                             "another --save-outputs path or pass --force")
+            raise BushuError(f"{path} is in the input folder {source} (it would be read as a feed next time): {way}")
 
 
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> str:

@@ -159,3 +159,14 @@ def test_unknown_arguments_are_named_by_their_subcommand(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("bushu compare: error: unrecognized arguments: c.onnx")
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["bench", "{m}", "--csv", "{m}"], ["profile", "{m}", "--trace", "{m}"]])
+def test_bench_csv_and_profile_trace_never_replace_the_model(argv, digits_onnx, tmp_path, capsys):
+    from bushu.cli.main import main
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(digits_onnx.read_bytes())
+    assert main([a.format(m=model) for a in argv]) == 2
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    assert model.read_bytes() == digits_onnx.read_bytes()

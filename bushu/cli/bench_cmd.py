@@ -42,7 +42,10 @@ def add_arguments(p):
 
 def run(args):
     from ..bench import bench
+    from ..run import check_output_path
 
+    if args.csv:  # refused before the work: never over a model
+        check_output_path(args.csv, args.models, force=None, flag="--csv", suffix=None)
     result = bench(args.models, engines=[e for e in args.engines.split(",") if e], batch=_ints(args.batch),
                    threads=args.threads, opt_level=args.opt_level, shapes=parse_shape_args(args.shape),
                    values=parse_value_args(args.value), warmup_s=args.warmup, budget_s=args.budget,
