@@ -170,3 +170,26 @@ def test_bench_csv_and_profile_trace_never_replace_the_model(argv, digits_onnx, 
     assert main([a.format(m=model) for a in argv]) == 2
     assert "refusing to overwrite the input" in capsys.readouterr().err
     assert model.read_bytes() == digits_onnx.read_bytes()
+
+
+def test_busy_ticks_on_a_terminal_and_is_silent_otherwise(monkeypatch):
+    import io
+    import time
+
+    from bushu.progress import busy
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    monkeypatch.setattr("sys.stderr", tty)
+    with busy("converting to ncnn", tick_s=0.05):
+        time.sleep(0.3)
+    frames = [f for f in tty.getvalue().replace("\r", "\n").splitlines() if f.strip()]
+    assert sum("converting to ncnn … 00:00" in f for f in frames) >= 3  # it ticked while the call ran
+    pipe = io.StringIO()  # not a terminal (a log file, CI): nothing at all
+    monkeypatch.setattr("sys.stderr", pipe)
+    with busy("converting to ncnn", tick_s=0.05):
+        time.sleep(0.1)
+    assert pipe.getvalue() == ""

@@ -46,7 +46,10 @@ def run(args):
     if not args.model or not args.to:
         raise BushuError("convert needs a model and a target: bushu convert MODEL --to ncnn|mnn|openvino")
 
-    return convert(args.model, args.to, args.output, shapes=parse_shape_args(args.shape),
-                   values=parse_value_args(args.value), verify_outputs=not args.no_verify, force=args.force,
-                   threads=args.threads, int8=args.int8, calib=args.calib, calib_method=args.calib_method,
-                   calib_samples=args.calib_samples)
+    from ..progress import busy
+
+    with busy(f"converting to {args.to}", enabled=not args.quiet):
+        return convert(args.model, args.to, args.output, shapes=parse_shape_args(args.shape),
+                       values=parse_value_args(args.value), verify_outputs=not args.no_verify, force=args.force,
+                       threads=args.threads, int8=args.int8, calib=args.calib, calib_method=args.calib_method,
+                       calib_samples=args.calib_samples)

@@ -33,8 +33,11 @@ def run(args):
 
     if args.trace:  # refused before the work: never over the model or its inputs
         check_output_path(args.trace, (args.model, args.input), force=None, flag="--trace", suffix=None)
-    result = profile(args.model, args.engine, shapes=parse_shape_args(args.shape), values=parse_value_args(args.value),
-                     inputs=args.input, threads=args.threads, opt_level=args.opt_level, budget_s=args.budget,
-                     trace=args.trace)
+    from ..progress import busy
+
+    with busy(f"profiling on {args.engine}", enabled=not args.quiet):
+        result = profile(args.model, args.engine, shapes=parse_shape_args(args.shape),
+                         values=parse_value_args(args.value), inputs=args.input, threads=args.threads,
+                         opt_level=args.opt_level, budget_s=args.budget, trace=args.trace)
     write_if_asked(args, result)
     return result

@@ -33,6 +33,9 @@ def run(args):
 
     tol = Tolerance(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine)
     engines = tuple(e for e in args.engines.split(",") if e) if args.engines else None
-    _, result = reduce(args.model, args.output, candidate=args.candidate, engines=engines, inputs=args.input,
-                       tol=tol, force=args.force, **(input_kwargs(args) if args.input is None else {}))
+    from ..progress import busy
+
+    with busy("reducing", enabled=not args.quiet):
+        _, result = reduce(args.model, args.output, candidate=args.candidate, engines=engines, inputs=args.input,
+                           tol=tol, force=args.force, **(input_kwargs(args) if args.input is None else {}))
     return result
