@@ -357,3 +357,18 @@ def test_parse_dynamic_names_axes_once_for_several_inputs():
                                                               "mask": {0: "batch", 1: "sequence"}}
     with pytest.raises(BushuError, match="bad --dynamic"):
         parse_dynamic(["x:zero"])
+
+
+def test_damaged_checkpoint_is_not_called_unsafe(tmp_path):
+    from bushu.export.factory import load_weights
+
+    module = torch.nn.Linear(2, 2)
+    (tmp_path / "damaged.pt").write_bytes(b"xx")  # not a pickle at all: damaged, not dangerous
+    with pytest.raises(BushuError) as e:
+        load_weights(module, tmp_path / "damaged.pt")
+    assert "is not a torch checkpoint" in str(e.value) and "arbitrary code" not in str(e.value)
+    torch.save(module, tmp_path / "whole.pt")  # a pickled module: named, and refused as code
+    with pytest.raises(BushuError) as e:
+        load_weights(module, tmp_path / "whole.pt")
+    msg = str(e.value)
+    assert "it pickles torch.nn.modules.linear.Linear" in msg and "arbitrary code" in msg and "\x1b" not in msg

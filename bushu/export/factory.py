@@ -9,6 +9,7 @@ its own (its folder is importable while it loads, so it can import its neighbour
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -89,7 +90,12 @@ def load_weights(module, path: str | Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise BushuError(f"{path} holds more than tensors ({str(e).splitlines()[0][:160]}): loading it would run "
+        # torch names a pickled class as "Unsupported global: GLOBAL pkg.Class"; any other refusal is a damaged file
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:
+            raise BushuError(f"{path} is not a torch checkpoint (its pickle is unreadable): give a file written by "
+                             "torch.save(model.state_dict(), path)") from None
+        raise BushuError(f"{path} holds more than tensors (it pickles {found.group(1)}): loading it would run "
                          "arbitrary code, so it is refused; save model.state_dict() instead") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise BushuError(f"{path} is not a torch checkpoint ({str(e).splitlines()[0][:160]}): give a file written by "
