@@ -275,13 +275,28 @@ def test_ncnn_converts_after_preparation(digits_onnx, silero_vad, tmp_path):
     # digits-cnn (dynamo export): pnnx alone leaves a Gather of the batch arithmetic; batch 1 + folding fixes it
     r = bushu.convert(digits_onnx, "ncnn", tmp_path / "digits")
     assert r and r.outputs[0].max_abs < 1e-4, r.render()
-    # silero VAD: the scalar sr is bound from the zoo's value; pnnx then names what it can't convert
+    # silero VAD: the scalar sr is bound from the given value, its one-step LSTM unrolled, and its (2, batch, 128)
+    # state made batch first (pnnx takes dim 0 for the batch); the ncnn session reshapes feed and output back
     s = bushu.convert(silero_vad, "ncnn", tmp_path / "vad", values={"sr": 16000})
-    # pnnx has no LSTM: the one-step LSTM is unrolled; what is left is the (2, batch, 128) state input, whose dim 0
-    # pnnx takes for the batch (torch.unbind of it)
-    assert not s and s.unsupported == ("torch.unbind",) and "sr=16000" in s.error and "LSTM unrolled" in s.error
+    assert s and all(o.max_abs < 1e-4 for o in s.outputs), s.render()
+    layout = json.loads((tmp_path / "vad" / "model.ncnn.layout.json").read_text())
+    assert layout == {"inputs": {"state": [[2, 1, 128], [1, 2, 128]]}, "outputs": {"stateN": [[2, 1, 128], [1, 2, 128]]}}
     with pytest.raises(ConversionError, match="--value sr="):
-        open_session(silero_vad, "ncnn")  # an engine has no value to bind
+        open_session(silero_vad, "ncnn")  # no value to bind
+    vad = open_session(silero_vad, "ncnn", values={"sr": 16000}, shapes={"input": (1, 512), "state": (2, 1, 128)})
+    rng = np.random.default_rng(1)
+    feed = {"input": (0.1 * rng.standard_normal((1, 512))).astype(np.float32), "state": np.zeros((2, 1, 128), np.float32),
+            "sr": np.asarray(16000, np.int64)}
+    want = open_session(silero_vad, "ort").run(feed)
+    for _ in range(3):  # the state carried from chunk to chunk, as a VAD runs
+        got = vad.run(feed)
+        assert got["stateN"].shape == (2, 1, 128)
+        np.testing.assert_allclose(got["output"], want["output"], atol=1e-5)
+        np.testing.assert_allclose(got["stateN"], want["stateN"], atol=1e-5)
+        feed["state"] = got["stateN"]
+        want = open_session(silero_vad, "ort").run(feed)
+    with pytest.raises(BushuError, match="batch 1"):
+        vad.run({**feed, "input": np.zeros((2, 512), np.float32)})
 
 
 def test_flattened_softmax_becomes_softmax():

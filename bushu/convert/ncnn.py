@@ -83,6 +83,7 @@ def unsupported_layers(param: Path) -> list[str]:
 
 
 BOUND = "model.ncnn.bound.json"  # scalar inputs bound at conversion (see bushu.convert.pnnx_prep)
+LAYOUT = "model.ncnn.layout.json"  # inputs/outputs made batch first at conversion (bushu.convert.pnnx_prep)
 
 
 def _ignored(log: str) -> list[str]:
@@ -140,9 +141,10 @@ def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes:
                 raise
     prepared = out_dir / "prepared.onnx"
     try:
-        new_specs, bound, note = prepare(onnx_path, prepared, values)
+        new_specs, bound, note, layout = prepare(onnx_path, prepared, values)
+        moved = {n: tuple(new) for n, (_, new) in layout["inputs"].items()}
         try:
-            files = _pnnx(prepared, out_dir, new_specs, shapes)
+            files = _pnnx(prepared, out_dir, new_specs, {**(shapes or {}), **moved} if moved else shapes)
         except ConversionError as e:
             raise ConversionError("ncnn", f"{e.converter_message}, also after bushu's preparation ({note})",
                                   e.unsupported, log=e.log) from None
@@ -151,4 +153,7 @@ def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes:
     if bound:
         (out_dir / BOUND).write_text(json.dumps(bound))
         files.append(out_dir / BOUND)
+    if layout["inputs"] or layout["outputs"]:
+        (out_dir / LAYOUT).write_text(json.dumps(layout))
+        files.append(out_dir / LAYOUT)
     return files

@@ -20,6 +20,13 @@ has no kernel for. ncnn has no batch dim anyway (a batch runs item by item), so 
    arithmetic: two MatMuls, the bias, four gate Slices, Sigmoid/Tanh and the state update. pnnx's ONNX front end
    has no LSTM (it says ``ignore LSTM``); it converts those ops.
 
+7. an input whose dim 0 is static and not 1 while another dim is the batch (silero VAD's ``(2, batch, 128)``
+   state), read only by ``Gather(axis=0)`` of constant indices, becomes batch first: ``(1, 2, 128)`` (the same
+   bytes at batch 1), read by ``Gather(axis=1)``; each output of that kind gets a ``Reshape`` to batch first.
+   pnnx and ncnn take dim 0 of every tensor for the batch (ncnn has none), so a ``Gather`` along it stays a
+   ``torch.unbind`` ncnn can't run. The changed shapes are returned (``layout``) and the ncnn session reshapes
+   feeds and outputs between them (batch 1 only).
+
 The other dims stay as they were, so pnnx still sees them dynamic where they are.
 """
 
@@ -196,9 +203,52 @@ def unroll_lstm_step(model: ir.Model) -> int:
     return done
 
 
-def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None) -> tuple[list[TensorSpec], dict, str]:
+def _batch_second(v: ir.Value) -> bool:
+    """``v``'s dim 0 is static and not 1 while another dim is not static (the batch, somewhere else)."""
+    dims = list(v.shape) if v.shape is not None else []
+    return (len(dims) >= 2 and isinstance(dims[0], int) and dims[0] > 1
+            and sum(not isinstance(d, int) for d in dims[1:]) == 1)
+
+
+def batch_first(model: ir.Model) -> dict[str, dict[str, list[int]]]:
+    """Make inputs and outputs whose batch is not dim 0 batch first, at batch 1 (see the module docstring, 7);
+    returns ``{"inputs": {name: [model shape, ncnn shape]}, "outputs": {…}}`` for what was changed."""
+    g = model.graph
+    layout: dict[str, dict[str, list[int]]] = {"inputs": {}, "outputs": {}}
+    for v in list(g.inputs):
+        if not _batch_second(v):
+            continue
+        uses = [u.node for u in v.uses()]
+        if not uses or not all(n.op_type == "Gather" and n.attributes.get_int("axis", 0) == 0 and n.inputs[0] is v
+                                and n.inputs[1] is not None and n.inputs[1].const_value is not None for n in uses):
+            continue
+        shape = [d if isinstance(d, int) else 1 for d in v.shape]
+        first = [1, *[d for i, d in enumerate(shape) if i == 0 or isinstance(v.shape[i], int)]]
+        v.shape = ir.Shape(first)
+        for n in uses:
+            n.attributes["axis"] = ir.AttrInt64("axis", 1)
+        layout["inputs"][v.name] = [shape, first]
+    for i, v in enumerate(list(g.outputs)):
+        if not _batch_second(v):
+            continue
+        shape = [d if isinstance(d, int) else 1 for d in v.shape]
+        first = [1, *[d for j, d in enumerate(shape) if j == 0 or isinstance(v.shape[j], int)]]
+        target = ir.Value(name=f"{v.name}_batch_first", const_value=ir.tensor(np.asarray(first, np.int64)))
+        g.register_initializer(target)
+        node = ir.node("Reshape", [v, target], name=f"{v.name}_batch_first")
+        g.append(node)
+        name, v.name = v.name, f"{v.name}_inner"
+        out = node.outputs[0]
+        out.name, out.shape, out.type = name, ir.Shape(first), v.type
+        g.outputs[i] = out
+        layout["outputs"][name] = [shape, first]
+    return layout
+
+
+def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None
+            ) -> tuple[list[TensorSpec], dict, str, dict]:
     """Write the pnnx-ready model (see the module docstring) to ``out_path``; returns its input specs, the bound
-    scalar values and a one-line note of what was done."""
+    scalar values, a one-line note of what was done and the inputs/outputs made batch first."""
     import onnxscript.optimizer
 
     from .. import ir as bir
@@ -227,14 +277,17 @@ def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None
     lstms = unroll_lstm_step(model)
     if lstms:  # the unrolled state arithmetic is left for pnnx; dead LSTM outputs go
         model, _ = optimize(model, level="basic", verify="off", latency=False, show_progress=False)
+    layout = batch_first(model)
     bir.save(model, out_path, force=True)
     specs, _ = model_specs(model)
     what = [f"bound {', '.join(f'{k}={v:g}' for k, v in bound.items())}" if bound else "",
             "batch fixed at 1" if batch else "", "constants folded",
             f"{gathers} Gather(0…n-1) as Reshape" if gathers else "",
             f"{softmaxes} Flatten-Softmax-Reshape as Softmax" if softmaxes else "",
-            f"{lstms} one-step LSTM unrolled" if lstms else ""]
-    return specs, bound, "; ".join(w for w in what if w)
+            f"{lstms} one-step LSTM unrolled" if lstms else "",
+            f"batch first: {', '.join([*layout['inputs'], *layout['outputs']])}"
+            if layout["inputs"] or layout["outputs"] else ""]
+    return specs, bound, "; ".join(w for w in what if w), layout
 
 
 def scalar_inputs(specs: Sequence[TensorSpec]) -> list[str]:

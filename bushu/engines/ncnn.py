@@ -40,6 +40,10 @@ class NcnnSession:
         # scalar inputs the conversion made constant (bushu.convert.pnnx_prep): fed values must equal them
         bound_file = Path(param).parent / "model.ncnn.bound.json"
         self._bound = json.loads(bound_file.read_text()) if bound_file.is_file() else {}
+        # inputs/outputs the conversion made batch first (bushu.convert.pnnx_prep.batch_first): name -> [ONNX shape
+        # at batch 1, ncnn's shape]; feeds and outputs are reshaped between them
+        layout_file = Path(param).parent / "model.ncnn.layout.json"
+        self._layout = json.loads(layout_file.read_text()) if layout_file.is_file() else {"inputs": {}, "outputs": {}}
         self._fed = [s for s in self.inputs if s.name not in self._bound]
         self._in_names, self._out_names = list(net.input_names()), list(net.output_names())
         if len(self._in_names) != len(self._fed) or len(self._out_names) != len(self.outputs):
@@ -71,7 +75,18 @@ class NcnnSession:
         arrays = [np.asarray(feeds[s.name]) for s in self._fed]
         for spec, a in zip(self._fed, arrays):
             self._check(spec, a)
+        for i, spec in enumerate(self._fed):
+            if spec.name in self._layout["inputs"]:
+                onnx_shape, ncnn_shape = self._layout["inputs"][spec.name]
+                if tuple(arrays[i].shape) != tuple(onnx_shape):
+                    raise BushuError(f"the ncnn model takes {spec.name} of shape {tuple(onnx_shape)} only (batch 1: "
+                                     f"ncnn has no batch dim and this input's batch is not its first), got "
+                                     f"{arrays[i].shape}")
+                arrays[i] = arrays[i].reshape(ncnn_shape)
         batch = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
+        if self._layout["inputs"] and any(a.shape[0] != 1 for a in arrays if a.ndim):
+            raise BushuError(f"this ncnn model runs batch 1 only: its input(s) {', '.join(self._layout['inputs'])} "
+                             "carry the batch in another dim than the first, which ncnn has no batch for")
         per_item: list[list[np.ndarray]] = [[] for _ in blobs]
         for b in range(batch):
             with self._net.create_extractor() as ex:
@@ -94,6 +109,8 @@ class NcnnSession:
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         per_item = self._extract(feeds, self._out_names)
         result = {spec.name: self._restore(spec, items) for spec, items in zip(self.outputs, per_item)}
+        for name, (onnx_shape, _) in self._layout["outputs"].items():
+            result[name] = result[name].reshape(onnx_shape)
         wanted = list(outputs) if outputs is not None else [o.name for o in self.outputs]
         return {n: result[n] for n in wanted}
 
