@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -45,7 +47,9 @@ def session_options(options: EngineOptions):
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if options.profile:
         so.enable_profiling = True
-    so.log_severity_level = 3
+    # ORT's own log lines (coloured, multi-line) would come before bushu's one-line error; its exceptions carry the
+    # same text. `bushu --debug` (BUSHU_DEBUG=1) lets its warnings and errors through.
+    so.log_severity_level = 2 if os.environ.get("BUSHU_DEBUG") else 4
     return so
 
 
