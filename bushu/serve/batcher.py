@@ -82,7 +82,8 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         self._pending: deque[_Item] = deque()
         self._cond = threading.Condition(threading.Lock())
-        self._running = 0  # batches in the engine threads, under _cond
+        self._running = 0  # batches taken and not yet finished on the event loop, under _cond
+        self._busy = 0  # engine threads running a batch now, under _cond
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -158,7 +159,7 @@ class Batcher:
         """Under _cond: with other instances idle, this one takes its share of ``batch`` (``size`` items split
         evenly over the idle instances) and leaves the rest queued for them, so that a batch that formed while
         every instance waited runs on all of them at once rather than on one while the others sleep."""
-        idle = len(self._threads) - self._running  # this one included
+        idle = len(self._threads) - self._busy  # this one included
         if idle <= 1 or len(batch) <= 1:
             return batch
         share, keep, n = -(-size // idle), [], 0
@@ -195,6 +196,7 @@ class Batcher:
                         batch = self._share(batch, size)
                         batch = self._cut_to_preferred(batch) if self.policy.preferred else batch
                         self._running += 1
+                        self._busy += 1
                         return batch
                     self._pending.extendleft(reversed(batch))
                     self._cond.wait(wait_ns / 1e9)
@@ -215,6 +217,8 @@ class Batcher:
                 results = self.model.execute([it.req for it in batch], instance, timing)
             except Exception as e:  # a bug in a handler must not kill the engine thread
                 results = [e] * len(batch)
+            with self._cond:
+                self._busy -= 1
             try:
                 self._loop.call_soon_threadsafe(self._finish, batch, results, timing, t_start)
             except RuntimeError:  # the event loop is gone (process exit)
