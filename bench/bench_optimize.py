@@ -6,7 +6,8 @@ output difference from the original (ORT, graph optimizations off), and latency 
 2 threads) and OpenVINO (CPU, 2 threads) of original / onnxsim / onnxslim / bushu **interleaved**: all sessions
 open (idle threads not spinning, alike for all), ``--rounds`` rounds, each round timing every variant for
 ``--budget`` seconds in a rotated order, so background load hits all variants alike. Reported: median and p90 over
-all timed runs, and each tool's ratio to the original (median of the per-round ratios, with their IQR).
+all timed runs, and each tool's ratio to the original (median of the per-round ratios, with their IQR). A control
+variant, onnxslim's file opened again in a session of its own, measures how far two sessions of one graph differ.
 
 Wall time to optimize, in-process with every library imported and warmed up first (no tool pays its imports):
 onnxsim once; onnxslim and ``bushu optimize --verify end --no-latency`` alternated ``--wall-rounds`` times (median)
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import shutil
 import sys
 import tempfile
 import time
@@ -36,7 +38,9 @@ from bushu.engines.base import EngineOptions
 from bushu.passes.verify import make_feeds
 from bushu.timing import machine, measure
 
-TOOLS = ["original", "onnxsim", "onnxslim", "bushu"]
+# "control": onnxslim's file again, in a session of its own: a graph equal to an anchor's, so its ratio to the faster
+# anchor is what a ratio looks like with no cause in the graph (session-to-session spread, and the bias of "faster of").
+TOOLS = ["original", "onnxsim", "onnxslim", "bushu", "control"]
 ENGINES = ["ort", "openvino"]
 
 
@@ -184,6 +188,9 @@ def bench(selected: list[str], rounds: int, budget: float, wall_rounds: int, eac
                 except Exception as e:
                     res["errors"][tool] = f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
                     paths.pop(tool, None)
+        if "onnxslim" in paths:
+            paths["control"] = Path(f"{stem}.control.onnx")
+            shutil.copyfile(paths["onnxslim"], paths["control"])
         res["wall"]["onnxslim"] = float(np.median(slim)) if slim else None
         res["wall"]["bushu"] = float(np.median(mine)) if mine else None
         if "bushu" in paths:
@@ -246,8 +253,9 @@ def tables(results: list[dict]) -> str:
                                                                                 "bushu each"))]
         wl.append("| " + " | ".join([res["model"], *cells]) + " |")
 
-    th = ["model", "nodes: bushu vs min(onnxsim, onnxslim)", *(f"{e}: bushu ÷ faster of onnxsim/onnxslim (IQR)"
-                                                               for e in ENGINES),
+    th = ["model", "nodes: bushu vs min(onnxsim, onnxslim)",
+          *(c for e in ENGINES for c in (f"{e}: bushu ÷ faster of onnxsim/onnxslim (IQR)",
+                                          f"{e}: control ÷ faster of onnxsim/onnxslim (IQR)")),
           "outputs within rtol 1e-4 (atol 1e-6)", "optimize time ≤ onnxslim"]
     tl = ["| " + " | ".join(th) + " |", "|" + "---|" * len(th)]
     for res in results:
@@ -264,6 +272,10 @@ def tables(results: list[dict]) -> str:
             r = ratio(res["latency"].get(e, {}), "bushu", others)
             mark = "" if r is None else (" ✓" if r[0] <= 1.0 else (" ≈ (IQR spans 1)" if r[1] <= 1.0 else " ✗"))
             cells.append("n/a" if r is None else _ratio(r) + mark)
+            # NOTE: the same formula as bushu's: the per-round minimum of two anchors is biased low (the faster of
+            # two noisy timings), so a copy of an anchor's own file scores above 1 too; compare bushu with this.
+            c = ratio(res["latency"].get(e, {}), "control", others)
+            cells.append("n/a" if c is None else _ratio(c))
         cells.append("✓" if rows["bushu"]["max_diff"][1] else f"✗ {rows['bushu']['max_diff'][0]:.2g}")
         w = res["wall"]
         cells.append("" if not (w.get("bushu") and w.get("onnxslim")) else
@@ -279,7 +291,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="", help="substrings of model names to run (default: all)")
     p.add_argument("--rounds", type=int, default=7, help="latency rounds per engine (default 7)")
     p.add_argument("--budget", type=float, default=0.25, help="seconds per variant per round (default 0.25)")
-    p.add_argument("--wall-rounds", type=int, default=3, help="onnxslim / bushu optimize alternations (default 3)")
+    p.add_argument("--wall-rounds", type=int, default=5, help="onnxslim / bushu optimize alternations (default 5)")
     p.add_argument("--no-each", action="store_true", help="skip the --verify each wall time")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
