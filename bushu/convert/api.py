@@ -39,6 +39,7 @@ class ConvertResult(Result):
     precision: str = "fp32"  # "int8": ncnn's own INT8 (--int8), verified on the calibration feeds
     int8_layers: int = 0  # layers made INT8
     int8_fp32_depthwise: int = 0  # depthwise convolutions left FP32 (slower in INT8 on ncnn's x86 kernels)
+    int8_note: str = ""  # why the depthwise convolutions were made INT8 after all (their FP32 result failed its check)
 
     def __bool__(self) -> bool:
         return self.error is None and (not self.verified or (bool(self.outputs) and all(self.outputs)))
@@ -65,6 +66,8 @@ class ConvertResult(Result):
             head += (f"; {self.int8_fp32_depthwise} depthwise convolutions kept FP32 (ncnn's INT8 depthwise kernels "
                      "ran slower than FP32 here: PP-OCR cls 0.71x with only them INT8; int8_depthwise=True "
                      "quantizes them)")
+        if self.int8_note:
+            head += f"; {self.int8_note}"
         return f"{head}; written to {self.out_dir}"
 
     def render(self) -> str:
@@ -199,19 +202,31 @@ def convert(model: ir.Model | str | os.PathLike, to: str, out_dir: str | os.Path
         except ConversionError as e:
             return ConvertResult(ref.label, to, mod.version(), None, (), time.perf_counter() - t0, (),
                                  error=str(e).split(": ", 1)[-1], unsupported=e.unsupported)
-        int8_layers, kept, check_feeds = _int8(to, tmp, m, ref.shapes, calib, calib_method, calib_samples, threads,
-                                               int8_depthwise) if int8 else (0, 0, None)
-        seconds = time.perf_counter() - t0
-        try:
-            outputs = verify(to, tmp, m, shapes=ref.shapes, values=ref.values, seed=seed,
-                             tol=INT8_TOL if int8 else tol, threads=threads,
-                             feeds=check_feeds[:4] if check_feeds else None) if verify_outputs else ()
-        except BushuError as e:  # converted, but the result doesn't run: not worth publishing
-            return ConvertResult(ref.label, to, mod.version(), None, (), seconds, (),
-                                 error=f"converted, but the result failed to run: {e}")
+        note = ""
+        # INT8 keeps the depthwise convolutions FP32 (faster, see bushu.convert.ncnn_int8) unless that result fails
+        # its check: then they are made INT8 too, from a fresh FP32 conversion, and the result says why
+        for depthwise in ((int8_depthwise,) if not int8 or int8_depthwise or not verify_outputs else (False, True)):
+            if depthwise and not int8_depthwise:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                files = targets.convert_into(data, to, tmp, specs, ref.shapes, ref.values)
+            int8_layers, kept, check_feeds = _int8(to, tmp, m, ref.shapes, calib, calib_method, calib_samples,
+                                                   threads, depthwise) if int8 else (0, 0, None)
+            seconds = time.perf_counter() - t0
+            try:
+                outputs = verify(to, tmp, m, shapes=ref.shapes, values=ref.values, seed=seed,
+                                 tol=INT8_TOL if int8 else tol, threads=threads,
+                                 feeds=check_feeds[:4] if check_feeds else None) if verify_outputs else ()
+            except BushuError as e:  # converted, but the result doesn't run: not worth publishing
+                return ConvertResult(ref.label, to, mod.version(), None, (), seconds, (),
+                                     error=f"converted, but the result failed to run: {e}")
+            if not int8 or all(outputs) or depthwise:
+                break
+            note = (f"depthwise convolutions made INT8 too: with them FP32 the check failed (worst cosine "
+                    f"{min(o.cosine for o in outputs):.4f})")
         published = _publish(files, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ConvertResult(ref.label, to, mod.version(), str(out_dir), tuple(published), seconds, outputs,
                          verified=verify_outputs, precision="int8" if int8 else "fp32", int8_layers=int8_layers,
-                         int8_fp32_depthwise=kept)
+                         int8_fp32_depthwise=kept, int8_note=note)
