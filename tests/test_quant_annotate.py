@@ -218,3 +218,56 @@ def test_ort_preset_quantizes_squeeze_excite_convs_and_keeps_written_out_hardswi
     ref = open_session(se_block, "ort").run({"x": x})["y"]
     out = open_session(q, "ort").run({"x": x})["y"]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.999
+
+
+AFFINE = """
+<ir_version: 8, opset_import: ["" : 14]>
+affine (float[1,6,8,8] x, float[8,6,1,1] w1, float[8] b1, float[] a, float[] c, float[1,8,1,1] d, float[8,8,1,1] w2,
+        float[8] b2, float[8,24] wm, float[24] bm, int64[3] shp) => (float[1,3,64,8] y) {
+  c1 = Conv (x, w1, b1)
+  s1 = Mul (c1, a)
+  h = HardSwish (s1)
+  m = Mul (h, c)
+  t = Add (m, d)
+  c2 = Conv (t, w2, b2)
+  f = Reshape (c2, shp)
+  qkv = MatMul (f, wm)
+  qkvb = Add (qkv, bm)
+  tr = Transpose <perm = [0, 2, 1]> (qkvb)
+  y = MatMul (tr, f)
+}
+"""
+
+
+@pytest.fixture
+def affine():
+    rng = np.random.default_rng(2)
+
+    def w(*s):
+        return rng.normal(size=s).astype(np.float32)
+
+    return build(AFFINE, {"w1": w(8, 6, 1, 1), "b1": w(8), "a": np.array(0.7, np.float32),
+                          "c": np.array(1.3, np.float32), "d": w(1, 8, 1, 1), "w2": w(8, 8, 1, 1), "b2": w(8),
+                          "wm": w(8, 24), "bm": w(24), "shp": np.array([1, 64, 8])})
+
+
+def test_openvino_preset_quantizes_after_the_constant_affine_chain_once(affine):
+    """PP-OCRv4's Conv → ×a → HardSwish → ×c → +d: prepare folds ×a into the Conv (OpenVINO preset only), and the
+    one Q goes after +d (OpenVINO runs the chain as the Conv's post-ops), not after the Conv and again after the
+    chain; a fused-QKV MatMul's bias Add that feeds only data movement is quantized once, after the Add."""
+    from bushu.quant.prepare import prepare
+
+    x = np.random.default_rng(3).normal(size=(1, 6, 8, 8)).astype(np.float32)
+    ov_model, notes = prepare(affine, optimize=False, fold_affine=True)
+    assert any("1 constant Mul/Add" in n for n in notes) and consumers_of(ov_model, "c1") == ["HardSwish"]
+    q, p = quantized(ov_model, "openvino", {"x": x})
+    assert sorted(n.inputs[0].name for n in by_op(q, "QuantizeLinear")) == ["c2", "f", "qkvb", "t", "tr", "x"]
+    assert p.activations["tr"] == "qkvb" and "c1" not in p.activations and "h" not in p.activations
+    assert consumers_of(q, "c1") == ["HardSwish"]
+    q_ort, _ = quantized(prepare(affine, optimize=False)[0], "ort", {"x": x})
+    assert {"c1", "c2", "t"} <= {n.inputs[0].name for n in by_op(q_ort, "QuantizeLinear")}
+    assert "qkvb" not in {n.inputs[0].name for n in by_op(q_ort, "QuantizeLinear")}
+    ref = open_session(affine, "ort").run({"x": x})["y"]
+    for engine, model in (("openvino", q), ("ort", q_ort)):
+        out = open_session(model, engine).run({"x": x})["y"]
+        assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.999, engine

@@ -195,3 +195,22 @@ def test_auto_ranges_score_every_method_and_a_per_tensor_mix(digits_onnx, digits
     scores = [float(part.split()[1]) for part in note.split(": ", 1)[1].split(" (")[0].split(", ")]
     assert scores == sorted(scores, reverse=True) and r.method == note.rsplit("→ ", 1)[1]
     assert r.accuracy.snr_db == pytest.approx(scores[0], abs=0.05)
+
+
+def test_openvino_why_text_names_exactly_the_fp32_layers_of_its_execution_graph(digits_onnx, digits):
+    """The 'why slower' reasons on OpenVINO come from its execution graph: a Conv excluded from quantization is
+    reported as exactly one FP32 Convolution, the other three weighted layers as int8."""
+    pytest.importorskip("openvino")
+    from bushu.quant import speed
+
+    x_tr, _, x_te, _ = digits
+    base = bushu.load(digits_onnx)
+    conv = [n.name for n in base.graph if n.op_type == "Conv"][1]
+    cfg = QuantConfig(engine="openvino", progress=False, measure_speed=False)
+    for exclude, fp32 in (((), {}), ((conv,), {"Convolution (f32)": 1})):
+        r = quantize(digits_onnx, digits_calib(x_tr, n=4), cfg.replace(exclude=exclude), heldout=[{"input": x_te}])
+        integer, isl, reorders, fq = speed.ov_exec_graph(r.model)
+        assert (integer, isl) == (4 - len(exclude), fp32)
+        why = speed.reasons_for("openvino", integer, isl, reorders, fq)
+        assert any(w == "1 weighted layers run in FP32 on OpenVINO (Convolution (f32) ×1)" for w in why) == bool(fp32)
+        assert not any("DQ → float op → Q" in w for w in why)

@@ -10,6 +10,10 @@
 * Constant nodes become initializers and every node gets a unique name (plans refer to nodes by name).
 * A spatial ``ReduceMean`` (squeeze-excite blocks, global pooling as torch exports it) becomes the equivalent
   ``GlobalAveragePool``, which engines run in int8; ReduceMean has no integer kernel.
+* With ``fold_affine=True`` (OpenVINO's preset), a constant per-channel ``Mul``/``Add`` after a Conv/Gemm (PP-OCRv4's learnable affine blocks, a scale after a
+  bias-free Conv) is folded into its weights (the optimizer's ``fold-conv-affine``): left in place it sits between
+  the Conv and its activation, where ONNX Runtime runs it in float between a DequantizeLinear and a QuantizeLinear
+  and OpenVINO got a second FakeQuantize (one after the Conv, one after the chain).
 * With ``hardswish=True`` (OpenVINO's preset), ``x * HardSigmoid(x, 1/6, 0.5)`` becomes ``HardSwish(x)`` again
   (ONNX Runtime's optimizer inlines HardSwish): OpenVINO runs Conv+HardSwish as one kernel, and the decomposed form
   kept 28 HardSigmoid/Multiply pairs and their reorders in MobileNetV3 (INT8 0.5× FP32).
@@ -98,7 +102,15 @@ def fuse_hardswish(model: ir.Model) -> int:
     return get("fuse-hardswish").run(model, PassContext())
 
 
-def prepare(model: ir.Model, *, optimize: bool = True, hardswish: bool = False) -> tuple[ir.Model, list[str]]:
+def fold_conv_affine(model: ir.Model) -> int:
+    """Constant per-channel Mul/Add after Conv/Gemm folded into the weights; the count."""
+    from ..passes.registry import PassContext, get
+
+    return get("fold-conv-affine").run(model, PassContext())
+
+
+def prepare(model: ir.Model, *, optimize: bool = True, hardswish: bool = False,
+            fold_affine: bool = False) -> tuple[ir.Model, list[str]]:
     """A float copy of ``model`` ready for :func:`~bushu.quant.annotate.plan`, and notes on what was done."""
     check_float(model)
     notes = []
@@ -122,6 +134,8 @@ def prepare(model: ir.Model, *, optimize: bool = True, hardswish: bool = False) 
         notes.append(f"float graph simplified by ONNX Runtime's basic optimizations ({before} → "
                      f"{sum(1 for _ in model.graph)} nodes)")
     LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
+    if fold_affine and (folded := fold_conv_affine(model)):
+        notes.append(f"{folded} constant Mul/Add after Conv/Gemm folded into their weights")
     pools = spatial_means_to_pooling(model)
     if pools:
         notes.append(f"{pools} spatial ReduceMean → GlobalAveragePool (it has an integer kernel)")

@@ -4,7 +4,9 @@ when it isn't.
 On ONNX Runtime the INT8 model is optimized the way a session would (level ``all``) and saved
 (``SessionOptions.optimized_model_filepath``); what is left tells the reason: DequantizeLinear → float op →
 QuantizeLinear groups that found no integer kernel, layout reorders (``ReorderInput``/``ReorderOutput``) around
-them, and the CPU's lack of VNNI (int8 dot products then take three instructions instead of one).
+them, and the CPU's lack of VNNI (int8 dot products then take three instructions instead of one). On OpenVINO the
+compiled model's execution graph (``get_runtime_model()``) tells it: weighted layers whose runtime precision is
+FP32, FakeQuantize layers left standing alone, reorders.
 """
 
 from __future__ import annotations
@@ -92,13 +94,47 @@ def islands(model: ir.Model) -> tuple[int, dict[str, int], int]:
     return integer, dict(found.most_common()), reorders
 
 
+_OV_WEIGHTED = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
+
+
+def ov_exec_graph(model: ir.Model) -> tuple[int, dict[str, int], int, int]:
+    """From OpenVINO's compiled (execution) graph of ``model``: weighted layers running in int8, weighted layers
+    running in FP32 by layer type (``"Convolution (f32)"``), layout reorders, and FakeQuantize layers OpenVINO
+    could not fuse into a kernel (each is a separate pass over its tensor)."""
+    sess = engines.open_session(model, "openvino", EngineOptions())
+    integer, reorders, fq = 0, 0, 0
+    fp32: collections.Counter = collections.Counter()
+    for op in sess.compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind, prec = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+        if kind in _OV_WEIGHTED:
+            if prec in ("u8", "i8"):
+                integer += 1
+            else:
+                fp32[f"{kind} ({prec})"] += 1
+        reorders += kind == "Reorder"
+        fq += kind == "FakeQuantize"
+    return integer, dict(fp32.most_common()), reorders, fq
+
+
 # Activations ONNX Runtime fuses into its float (NCHWc) Conv kernels but not into QLinearConv.
 _FUSED_IN_FLOAT = ("HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "LeakyRelu")
 
 
 def reasons_for(engine: str, integer: int, float_islands: Mapping[str, int], reorders: int,
                 dq_float: int) -> tuple[str, ...]:
+    """Why INT8 is not faster. On ONNX Runtime ``float_islands`` are DQ → float ops → Q chains and ``dq_float`` the
+    float ops reading dequantized tensors; on OpenVINO ``float_islands`` are the weighted layers it runs in FP32 and
+    ``dq_float`` the FakeQuantize layers it runs on their own."""
     out = []
+    if engine == "openvino":
+        if float_islands:
+            ops = ", ".join(f"{k} ×{v}" for k, v in float_islands.items())
+            out.append(f"{sum(float_islands.values())} weighted layers run in FP32 on OpenVINO ({ops})")
+        if dq_float:
+            out.append(f"{dq_float} FakeQuantize layers run on their own (not fused into a kernel: a pass over the "
+                       "tensor each)")
+        float_islands, dq_float = {}, 0
     if float_islands:
         ops = ", ".join(f"{k} ×{v}" for k, v in float_islands.items())
         out.append(f"{sum(float_islands.values())} DQ → float op → Q groups have no integer kernel ({ops})")
@@ -109,11 +145,12 @@ def reasons_for(engine: str, integer: int, float_islands: Mapping[str, int], reo
     if dq_float:
         out.append(f"{dq_float} float ops read dequantized tensors (int8 ↔ float conversions at every boundary)")
     if reorders:
-        out.append(f"{reorders} layout reorders (NCHWc) around float ops")
+        out.append(f"{reorders} layout reorders (NCHWc) around float ops" if engine == "ort" else
+                   f"{reorders} layout reorders in the execution graph")
     flags = cpu_flags()
     if flags and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & flags):
         out.append("this CPU has no VNNI: int8 dot products take 3 instructions (vpmaddubsw+vpmaddwd+vpaddd)")
-    if integer == 0 and engine == "ort":
+    if integer == 0:
         out.append("no integer kernel was used at all")
     if not out:
         out.append("the model is small or memory-bound: the int8 kernels' gain is below the Q/DQ overhead")
@@ -137,5 +174,7 @@ def measure_speed(float_model: ir.Model, quant_model: ir.Model, feed: Mapping[st
         integer, isl, reorders = islands(opt)
         dq_float = sum(1 for n in opt.graph if n.op_type == "DequantizeLinear"
                        for u in n.outputs[0].consumers() if u.op_type != "QuantizeLinear")
+    elif engine == "openvino":
+        integer, isl, reorders, dq_float = ov_exec_graph(quant_model)
     reasons = reasons_for(engine, integer, isl, reorders, dq_float) if speedup < 1.0 else ()
     return Speed(engine, lat["fp32"], lat["quantized"], speedup, integer, isl, reorders, reasons)
