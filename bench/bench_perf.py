@@ -259,7 +259,9 @@ def ncnn_int8(rounds: int) -> str:
             got = _interleaved_many({"fp32": fp, "int8": q8, "int8-dw": q8dw}, feeds[0], rounds)
             check = f"{r8.verdict}, worst cosine {min(o.cosine for o in r8.outputs):.4f}"
             rdw = results["int8-dw"][0]
-            rows.append([name, f"{r8.int8_layers} (+{r8.int8_fp32_depthwise} depthwise FP32)",
+            layers = (f"{r8.int8_layers} ({r8.int8_note})" if r8.int8_note
+                      else f"{r8.int8_layers} (+{r8.int8_fp32_depthwise} depthwise FP32)")
+            rows.append([name, layers,
                          f"{sizes[0]:.1f} → {sizes[1]:.1f}", f"{metric}: {quality}", check,
                          f"{got['fp32'][0]:.2f}", f"{got['int8'][0]:.2f}", f"{got['int8'][1]:.2f} ({got['int8'][2]})",
                          f"{got['int8-dw'][0]:.2f} ms, {got['int8-dw'][1]:.2f} ({got['int8-dw'][2]}), "
