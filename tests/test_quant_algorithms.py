@@ -211,3 +211,35 @@ def test_adaround_handles_depthwise_and_padded_convs():
     assert adaround.apply(s.model, learned, p.weights, feeds, four.weights, iterations=300).startswith(
         f"AdaRound: {len(p.weights)} layers")
     assert s.score(learned).snr_db > s.score(nearest).snr_db
+
+
+PROJECTION = """
+<ir_version: 8, opset_import: ["" : 13]>
+fc (float[2,64] x, float[64,16] w) => (float[2,16] y) {
+  h = MatMul (x, w)
+  y = Relu (h)
+}
+"""
+
+
+def test_adaround_leaves_underdetermined_layers_at_nearest_rounding():
+    """Fewer input rows than weights per output channel: the learned rounding would fit those rows only."""
+    rng = np.random.default_rng(0)
+    model = build(PROJECTION, {"w": rng.normal(size=(64, 16)).astype(np.float32)})
+
+    def run(n_feeds):
+        feeds = [{"x": rng.normal(size=(2, 64)).astype(np.float32)} for _ in range(n_feeds)]
+        s = Session.start(model, feeds, QuantConfig(progress=False, cle=False), heldout=feeds)
+        p = s.plan()
+        nearest = convert(clone(s.model), p, s.ranges("mse", p), s.config.preset)
+        learned = convert(clone(s.model), p, s.ranges("mse", p), s.config.preset)
+        note = adaround.apply(s.model, learned, p.weights, feeds, s.config.preset.weights, iterations=200)
+        ws = [next(n for n in m.graph if n.name == p.weights[0].node).inputs[1].producer().inputs[0].const_value.numpy()
+              for m in (nearest, learned)]
+        return note, np.array_equal(*ws)
+
+    note, same = run(4)  # 8 rows < 64
+    assert note.startswith("AdaRound: 0 layers") and note.endswith("1 left at nearest rounding (fewer input rows "
+                                                                   "than weights per channel)") and same
+    note, same = run(64)  # 128 rows
+    assert note.startswith("AdaRound: 1 layers") and "left at nearest" not in note and not same

@@ -14,6 +14,13 @@ and depthwise Convs), so each iteration is one ``(Cout × K) · (K × K)`` produ
 
 Layers: Conv (2-D, any group), Gemm and MatMul with constant weights. It runs on the converted model, rewriting
 the stored integer weights in place (the scales stay); bias correction, when on, runs after it.
+
+Cost: each step costs one ``(Cout × K) · (K × K)`` product and a few element-wise passes over the weights, so a
+large layer (MobileNetV3's 576→1024 head) dominates. Three things keep it bounded: the steps run in float32; a
+layer stops as soon as every ``h`` sits at 0 or 1 (its gradient is then zero: the rounding cannot change any
+more), or when the rounding has not changed for :data:`PATIENCE` steps once the regulariser is on; and layers of
+the same weight shape (a network's depthwise convs) learn together in one batched product. The Gram matrices
+take at most :data:`MAX_ROWS` input rows per layer over all feeds.
 """
 
 from __future__ import annotations
@@ -30,12 +37,14 @@ from ..qmath import np_dtype
 from ..spec import QType
 
 ZETA, GAMMA = 1.1, -0.1
-ITERATIONS = 1000
+ITERATIONS = 1000  # at most; see PATIENCE
 LEARNING_RATE = 1e-2
 LAMBDA = 0.01  # weight of the rounding regulariser (the paper's)
 WARMUP = 0.2  # fraction of iterations without the regulariser
 BETA = (20.0, 2.0)  # annealed from, to
-MAX_ROWS = 4096  # input rows (im2col positions) per feed and layer that enter the Gram matrix
+MAX_ROWS = 32768  # input rows (im2col positions) per layer, over all feeds, that enter the Gram matrix
+PATIENCE = 100  # steps with the regulariser on and no rounding decision changed: the layer is done
+CHECK = 10  # steps between convergence checks
 
 
 def _one_thread():
@@ -54,35 +63,54 @@ def _h(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.clip(raw, 0.0, 1.0), sig, raw
 
 
-def learn_rounding(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qt: QType, gram: np.ndarray, n: int, *,
+def learn_rounding(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qt: QType, gram: np.ndarray, n, *,
                    iterations: int = ITERATIONS, lam: float = LAMBDA) -> np.ndarray:
     """Integer weights for ``w`` (groups × Cout/group × K) at per-channel ``scale``/``zero_point`` (same leading
-    shape, × 1) whose layer output on inputs with Gram matrix ``gram`` (groups × K × K, over ``n`` rows) is
-    closest to the float output."""
+    shape, × 1) whose layer output on inputs with Gram matrix ``gram`` (groups × K × K, over ``n`` rows: a number,
+    or one per group) is closest to the float output."""
+    return _learn(w, scale, zero_point, qt, gram, n, iterations=iterations, lam=lam)[0]
+
+
+def _learn(w, scale, zero_point, qt: QType, gram, n, *, iterations: int = ITERATIONS, lam: float = LAMBDA):
+    """:func:`learn_rounding` and the number of steps it took."""
+    f = np.float32
     x = w / scale
     floor = np.floor(x)
     frac = np.clip(x - floor, 1e-4, 1 - 1e-4)
-    v = -np.log((ZETA - GAMMA) / (frac - GAMMA) - 1.0)  # h(v) = frac: starts at the float weights
-    lo, hi = qt.qmin - zero_point, qt.qmax - zero_point
+    v = (-np.log((ZETA - GAMMA) / (frac - GAMMA) - 1.0)).astype(f)  # h(v) = frac: starts at the float weights
+    lo, hi = (qt.qmin - zero_point).astype(f), (qt.qmax - zero_point).astype(f)
+    floor, scale32, w32 = floor.astype(f), scale.astype(f), w.astype(f)
+    g = (gram / np.reshape(n, (-1, 1, 1)) * 2.0).astype(f)  # d‖ΔW X‖²/N / dΔW = 2 ΔW G / N
     m1, m2 = np.zeros_like(v), np.zeros_like(v)
     b1, b2, eps = 0.9, 0.999, 1e-8
     warm = int(WARMUP * iterations)
+    decided, still = v >= 0.0, 0
+    t = 0
     for t in range(iterations):
         h, sig, raw = _h(v)
         q = floor + h
         inside = (q >= lo) & (q <= hi)
-        dw = scale * np.clip(q, lo, hi) - w
-        grad = 2.0 * np.matmul(dw, gram) / n * scale * inside
+        dw = scale32 * np.clip(q, lo, hi) - w32
+        grad = np.matmul(dw, g) * scale32 * inside
         if t >= warm:
             rel = (t - warm) / max(1, iterations - warm)
             beta = BETA[1] + (BETA[0] - BETA[1]) * (1.0 - rel)
             a = 2.0 * h - 1.0
-            grad = grad - lam * 2.0 * beta * np.abs(a) ** (beta - 1.0) * np.sign(a)
-        grad = grad * sig * (1.0 - sig) * (ZETA - GAMMA) * ((raw > 0.0) & (raw < 1.0))
+            grad -= f(lam * 2.0 * beta) * np.abs(a) ** f(beta - 1.0) * np.sign(a)
+        live = (raw > 0.0) & (raw < 1.0)
+        grad *= sig * (1.0 - sig) * f(ZETA - GAMMA) * live
         m1 = b1 * m1 + (1 - b1) * grad
         m2 = b2 * m2 + (1 - b2) * grad * grad
-        v -= LEARNING_RATE * (m1 / (1 - b1 ** (t + 1))) / (np.sqrt(m2 / (1 - b2 ** (t + 1))) + eps)
-    return np.clip(floor + (v >= 0.0), lo, hi) + zero_point
+        v -= f(LEARNING_RATE) * (m1 / f(1 - b1 ** (t + 1))) / (np.sqrt(m2 / f(1 - b2 ** (t + 1))) + f(eps))
+        if t >= warm and (t - warm) % CHECK == CHECK - 1:
+            if not live.any():  # every h at 0 or 1: zero gradient, the rounding is final
+                break
+            now = v >= 0.0
+            still = still + CHECK if np.array_equal(now, decided) else 0
+            decided = now
+            if still >= PATIENCE:
+                break
+    return np.clip(floor + (v >= 0.0), lo, hi) + zero_point, t + 1
 
 
 @dataclasses.dataclass
@@ -112,7 +140,7 @@ def _conv_cols(x: np.ndarray, node: ir.Node, kshape: tuple[int, int], group: int
     return win.reshape(group, b * ho * wo, (c // group) * kh * kw)
 
 
-def _rows(x: np.ndarray, layer: _Layer, rng: np.random.Generator) -> np.ndarray | None:
+def _rows(x: np.ndarray, layer: _Layer, rng: np.random.Generator, cap: int) -> np.ndarray | None:
     node = layer.node
     if node.op_type == "Conv":
         group = node.attributes.get_int("group", 1)
@@ -121,8 +149,8 @@ def _rows(x: np.ndarray, layer: _Layer, rng: np.random.Generator) -> np.ndarray 
         cols = x.T[None]
     else:
         cols = x.reshape(1, -1, x.shape[-1])
-    if cols is not None and cols.shape[1] > MAX_ROWS:
-        cols = cols[:, rng.choice(cols.shape[1], MAX_ROWS, replace=False)]
+    if cols is not None and cols.shape[1] > cap:
+        cols = cols[:, rng.choice(cols.shape[1], cap, replace=False)]
     return cols
 
 
@@ -177,37 +205,55 @@ def apply(float_model: ir.Model, q: ir.Model, weights, feeds, qt: QType, *, iter
     sess = exposed(float_model, names)
     grams: list[np.ndarray | None] = [None] * len(found)
     rows = [0] * len(found)
+    cap = -(-MAX_ROWS // max(1, len(feeds)))  # rows per feed and layer
     for feed in feeds:
         outs = sess.run(feed, names)
         for i, layer in enumerate(found):
-            cols = _rows(outs[layer.node.inputs[0].name].astype(np.float64), layer, rng)
+            cols = _rows(outs[layer.node.inputs[0].name].astype(np.float64), layer, rng, cap)
             if cols is None:
                 grams[i] = None if rows[i] == 0 else grams[i]
                 continue
             g = np.matmul(cols.transpose(0, 2, 1), cols)
             grams[i] = g if grams[i] is None else grams[i] + g
             rows[i] += cols.shape[1]
+    # fewer input rows than weights per output channel: the Gram matrix is singular, the learned rounding would fit
+    # those few rows and nothing else (MobileNetV3's 1024→1000 head on 8 feeds); nearest rounding stays
+    few = [i for i, g in enumerate(grams) if g is not None and rows[i] < g.shape[-1]]
+    for i in few:
+        grams[i] = None
     with _one_thread():
-        changed, done = _learn_all(found, grams, rows, qt, iterations, show_progress)
+        changed, done, steps = _learn_all(found, grams, rows, qt, iterations, show_progress)
     total = sum(layer.weight.size for layer in found)
+    skipped = f"; {len(few)} left at nearest rounding (fewer input rows than weights per channel)" if few else ""
     return (f"AdaRound: {done} layers re-rounded on {len(feeds)} feeds ({changed} of {total} weights "
-            f"({100 * changed / max(total, 1):.1f}%) differ from nearest rounding)")
+            f"({100 * changed / max(total, 1):.1f}%) differ from nearest rounding; "
+            f"{steps // max(done, 1)} of at most {iterations} steps per layer on average){skipped}")
 
 
-def _learn_all(found: list[_Layer], grams, rows, qt: QType, iterations: int, show: bool) -> tuple[int, int]:
-    changed = done = 0
-    for i, layer in progress(list(enumerate(found)), desc="AdaRound", enabled=show):
-        if grams[i] is None:
+def _learn_all(found: list[_Layer], grams, rows, qt: QType, iterations: int, show: bool) -> tuple[int, int, int]:
+    """Learn every layer's rounding; layers whose grouped weights have the same shape (depthwise convs of one
+    kernel size, say) are stacked along the group axis and learn in one batched product."""
+    batches: dict[tuple[int, ...], list[tuple[_Layer, np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for layer, gram, n in zip(found, grams, rows):
+        if gram is None:
             continue
         w = _grouped(layer.weight, layer)
-        cout = w.shape[0] * w.shape[1]
         shape = (w.shape[0], w.shape[1], 1)
+        cout = w.shape[0] * w.shape[1]
         scale = np.broadcast_to(layer.scale, (cout,)).reshape(shape)
         zp = np.broadcast_to(layer.zero_point, (cout,)).reshape(shape)
-        qw = learn_rounding(w, scale, zp, qt, grams[i], rows[i], iterations=iterations)
-        new = _ungrouped(qw, layer).astype(np_dtype(qt))
-        old = layer.stored.const_value.numpy()
-        changed += int(np.count_nonzero(new != old))
-        layer.stored.const_value = ir.tensor(new, name=layer.stored.name)
-        done += 1
-    return changed, done
+        batches.setdefault(w.shape[1:], []).append((layer, w, scale, zp, gram / n))
+    changed = done = steps = 0
+    for batch in progress(list(batches.values()), desc="AdaRound", enabled=show):
+        w, scale, zp, gram = (np.concatenate([b[i] for b in batch]) for i in range(1, 5))
+        qw, took = _learn(w, scale, zp, qt, gram, 1, iterations=iterations)
+        steps += took * len(batch)
+        at = 0
+        for layer, lw, *_ in batch:
+            new = _ungrouped(qw[at:at + len(lw)], layer).astype(np_dtype(qt))
+            at += len(lw)
+            old = layer.stored.const_value.numpy()
+            changed += int(np.count_nonzero(new != old))
+            layer.stored.const_value = ir.tensor(new, name=layer.stored.name)
+            done += 1
+    return changed, done, steps
