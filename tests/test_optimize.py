@@ -215,3 +215,31 @@ def test_output_check_without_its_weights_still_sees_their_types_and_shapes():
     good, bad = model(64), model(32)
     assert _check_written(good) is None and not good.graph.initializer  # consumed: the weight was taken out
     assert "Incompatible dimensions" in (_check_written(bad) or ""), _check_written(model(32))
+
+
+def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passes(monkeypatch, ppocr_cls):
+    """--verify end: the original runs on ORT in a thread once the first pass changed the model (beside the passes),
+    the output on the main thread; a pass that changed the results makes the result falsy, named by output."""
+    import threading
+
+    from bushu.passes import verify
+
+    def perturb(model, ctx):
+        conv = next(n for n in model.graph if n.op_type == "Conv")
+        conv.replace_input_with(1, _initializer(model.graph, conv.inputs[1].const_value.numpy() * 1.01, "perturbed"))
+        return 1
+
+    runs = []
+    real = verify.run_ort
+
+    def spy(model, feeds, threads=2):
+        runs.append((threading.current_thread() is threading.main_thread(), threads))
+        return real(model, feeds, threads)
+
+    monkeypatch.setattr(verify, "run_ort", spy)
+    monkeypatch.setitem(registry._PASSES, "perturb-weight",
+                        registry.PassInfo("perturb-weight", "test only", "fold", perturb))
+    _, result = bushu.optimize(ppocr_cls, passes="lift-constants,perturb-weight", verify="end", latency=False,
+                               show_progress=False)
+    assert not result and result.verify_error and "FAIL" in result.verify_error, result.render()
+    assert runs == [(False, verify.PREFETCH_THREADS), (True, 2)]  # the reference beside the passes, then the output
