@@ -264,8 +264,8 @@ def ncnn_int8(rounds: int) -> str:
             rows.append([name, layers,
                          f"{sizes[0]:.1f} → {sizes[1]:.1f}", f"{metric}: {quality}", check,
                          f"{got['fp32'][0]:.2f}", f"{got['int8'][0]:.2f}", f"{got['int8'][1]:.2f} ({got['int8'][2]})",
-                         f"{got['int8-dw'][0]:.2f} ms, {got['int8-dw'][1]:.2f} ({got['int8-dw'][2]}), "
-                         f"{rdw.verdict}"])
+                         (f"{got['int8-dw'][0]:.2f} ms, {got['int8-dw'][1]:.2f} ({got['int8-dw'][2]}), "
+                          f"{rdw.verdict}")])
     return md_table(rows, ["model", "INT8 layers", "weights MiB", "accuracy", "INT8 vs ORT FP32 (4 calibration feeds)",
                            "FP32 ms", "INT8 ms", "speed-up FP32 ÷ INT8, median of rounds (IQR)",
                            "with the depthwise convolutions INT8 too: ms, speed-up (IQR)"])

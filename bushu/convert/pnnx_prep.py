@@ -263,10 +263,10 @@ def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None
         first = v.shape[0] if v.shape is not None and len(v.shape) else None
         if isinstance(first, ir.SymbolicDim) and first.value:
             batch[first.value] = 1
-        elif first is None or (isinstance(first, ir.SymbolicDim) and not first.value):
-            if v.shape is not None and len(v.shape) > 1:  # an unnamed batch dim: fixed on this input alone
-                v.shape = ir.Shape([1, *v.shape[1:]])
-                anonymous = True
+        elif (first is None or (isinstance(first, ir.SymbolicDim) and not first.value)) and v.shape is not None \
+                and len(v.shape) > 1:  # an unnamed batch dim: fixed on this input alone
+            v.shape = ir.Shape([1, *v.shape[1:]])
+            anonymous = True
     if batch:
         set_dims(model, batch)
     batch = batch or anonymous
