@@ -1,0 +1,91 @@
+"""The new user's contract across every command, on the real digits CNN: each command's ``--json`` is one JSON
+document with its ``kind``, every ``--report`` command writes the page, the outputs of one command feed the next
+(run → compare --reference, quantize → compare, all → report), and a missing model is one line and exit 2.
+
+The per-command behaviour is tested in each command's own file; this one holds the chain together.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bushu import datasets
+from bushu.cli.main import COMMANDS, main
+
+
+@pytest.fixture(scope="module")
+def work(digits_onnx, tmp_path_factory):
+    d = tmp_path_factory.mktemp("acceptance")
+    x = datasets.digits()[0]
+    (d / "feeds").mkdir()
+    for i in range(16):
+        np.savez(d / "feeds" / f"{i:02d}.npz", input=x[i:i + 1])
+    model = d / "m.onnx"
+    model.write_bytes(digits_onnx.read_bytes())
+    return d, model
+
+
+def _json(capsys, argv: list[str], code: int = 0) -> dict:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == code, (argv, err[-2000:])
+    doc = json.loads(out)  # one document, nothing else on stdout
+    assert isinstance(doc, dict) and doc.get("kind"), doc
+    return doc
+
+
+def test_every_command_chains_with_json_and_reports(work, digits_onnx, capsys):
+    d, m = work
+    feeds, q = d / "feeds", d / "m.int8.onnx"
+    docs = [
+        _json(capsys, ["inspect", str(m), "--shape", "input:1x1x8x8", "--json"]),
+        _json(capsys, ["run", str(m), "--input", str(feeds / "00.npz"), "--save-outputs", str(d / "golden.npz"),
+                       "--json"]),
+        _json(capsys, ["compare", str(m), "--reference", str(d / "golden.npz"), "--input", str(feeds / "00.npz"),
+                       "--engine", "openvino", "--json", "--report", str(d / "compare.html")]),
+        _json(capsys, ["optimize", str(m), "-o", str(d / "m.opt.onnx"), "--verify", "end", "--no-latency", "--json",
+                       "--report", str(d / "optimize.html")]),
+        _json(capsys, ["edit", str(m), "-o", str(d / "m.static.onnx"), "--shape", "input:1x1x8x8", "--json"]),
+        _json(capsys, ["quantize", str(m), "-o", str(q), "--calib", str(feeds), "--no-speed", "-q", "--json",
+                       "--report", str(d / "quantize.html")]),
+        # the quantized model against the float one on real digits: a real check, exit 0 or 1 by its verdict
+        _json(capsys, ["compare", str(m), str(q), "--input", str(feeds), "--atol", "1", "--min-cosine", "0.99",
+                       "--json"]),
+        _json(capsys, ["reduce", str(m), str(q), "-o", str(d / "reduced.onnx"), "--input", str(feeds / "00.npz"),
+                       "--json"]),
+        _json(capsys, ["profile", str(m), "--budget", "0.1", "--json", "--report", str(d / "profile.html")]),
+        _json(capsys, ["bench", str(m), "--engines", "ort,openvino", "--in-process", "--warmup", "0.02", "--budget",
+                       "0.05", "--json", "--report", str(d / "bench.html")]),
+        _json(capsys, ["convert", str(m), "--to", "openvino", "-o", str(d / "ov"), "--json"]),
+    ]
+    kinds = [doc["kind"] for doc in docs]
+    assert kinds == ["inspect", "run", "compare", "optimize", "edit", "quantize", "compare", "reduce", "profile",
+                     "bench", "convert"]
+    assert docs[2]["outputs"][0]["passed"]  # golden outputs of ORT reproduced by OpenVINO
+    for name in ("compare", "optimize", "quantize", "profile", "bench"):
+        assert (d / f"{name}.html").read_text(encoding="utf-8").count("<section") == 1
+    paths = []
+    for i, doc in enumerate(docs):
+        (d / f"{i}.json").write_text(json.dumps(doc))
+        paths.append(str(d / f"{i}.json"))
+    report = _json(capsys, ["report", *paths, "-o", str(d / "all.html"), "--json"])
+    assert report["sections"] == kinds
+    assert m.read_bytes() == digits_onnx.read_bytes()  # no input was touched
+    with np.load(feeds / "00.npz") as z:
+        assert z.files == ["input"]
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ("report", "demo")])
+def test_a_missing_model_is_one_line_and_exit_2(command, tmp_path, capsys):
+    out = str(tmp_path / "x.onnx")
+    extra = {"optimize": ["-o", out], "edit": ["-o", out], "reduce": ["-o", out], "export": ["-o", out],
+             "quantize": ["-o", out, "--calib", str(tmp_path)], "convert": ["--to", "openvino", "-o", str(tmp_path)],
+             "compare": ["--engines", "ort,openvino"]}
+    model = str(tmp_path / ("nothing.py:build" if command == "export" else "nothing.onnx"))
+    rc = main([command, model, *extra.get(command, []), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2, (command, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"bushu {command}: error: ") and "nothing" in err
