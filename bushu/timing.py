@@ -10,7 +10,7 @@ import dataclasses
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -148,3 +148,32 @@ def measure(
         if t1 >= t_end and len(samples) >= min_reps:
             break
     return Latency.from_samples(samples, warmup_s=warmup_s)
+
+
+def measure_interleaved(
+    fns: Sequence[Callable[[], object]],
+    *,
+    rounds: int = 6,
+    warmup_s: float = 0.2,
+    budget_s: float = 1.0,
+    min_reps: int = 3,
+) -> tuple[list[Latency], np.ndarray]:
+    """Time several callables in alternating blocks, so that a drifting background load hits them alike.
+
+    Each is warmed up for ``warmup_s``; then ``rounds`` rounds each give every callable a block of
+    ``budget_s / rounds`` seconds, in forward order on even rounds and reversed on odd ones (A B, B A, ...).
+    Returns one :class:`Latency` per callable over all its timed calls, and the per-round medians (rounds × n, ms),
+    from which a ratio's noise (its interquartile range over rounds) follows.
+    """
+    for fn in fns:
+        measure(fn, warmup_s=warmup_s, budget_s=0.0, min_reps=1)
+    block_s = budget_s / rounds
+    samples: list[list[float]] = [[] for _ in fns]
+    medians = np.zeros((rounds, len(fns)))
+    for r in range(rounds):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            lat = measure(fns[i], warmup_s=0.0, budget_s=block_s, min_reps=min_reps)
+            samples[i].extend(x / 1e3 for x in lat.samples_ms)
+            medians[r, i] = lat.median_ms
+    return [Latency.from_samples(s, warmup_s=warmup_s) for s in samples], medians

@@ -112,6 +112,18 @@ def test_checker_rejected_model_needs_allow_invalid(tmp_path):
     assert [n.op_type for n in out.graph] == ["Concat"]
 
 
+def test_allow_invalid_names_a_dangling_tensor(tmp_path, cli):
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "nope"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])]),
+        opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "dangling.onnx")
+    r = cli("optimize", str(tmp_path / "dangling.onnx"), "-o", str(tmp_path / "out.onnx"), "--allow-invalid")
+    assert r.returncode == 2 and "reads 'nope', which no node, input or initializer defines" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.onnx").exists()
+
+
 def test_external_data_mechanism(monkeypatch, tmp_path, ppocr_cls):
     import bushu.ir as bir
 

@@ -101,6 +101,22 @@ def test_measure_times_each_repetition():
     assert lat.repetitions >= 5 and 1.9 <= lat.median_ms < 50
 
 
+def test_measure_interleaved_alternates_blocks_and_keeps_each_side_apart():
+    import time
+
+    from bushu.timing import measure_interleaved
+
+    calls = []
+    fast = lambda: (calls.append("a"), time.sleep(0.001))  # noqa: E731
+    slow = lambda: (calls.append("b"), time.sleep(0.003))  # noqa: E731
+    (a, b), per_round = measure_interleaved([fast, slow], rounds=4, warmup_s=0.0, budget_s=0.08, min_reps=3)
+    assert per_round.shape == (4, 2) and (per_round[:, 1] > per_round[:, 0]).all()
+    assert 0.9 <= a.median_ms < b.median_ms and a.repetitions >= 12 and b.repetitions >= 12
+    runs = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]  # consecutive calls of one side merged
+    # warm-up a, b; then rounds a b | b a | a b | b a: 7 runs (always a-then-b would make 10)
+    assert runs == ["a", "b", "a", "b", "a", "b", "a"]
+
+
 def test_cli_version_and_examples_in_help(cli):
     r = cli("--version")
     assert r.returncode == 0 and r.stdout.startswith("bushu ")

@@ -72,6 +72,18 @@ def emit(result, args) -> int:
     return 0 if bool(result) else 1
 
 
+def _quiet_libraries(debug: bool) -> None:
+    """Libraries' own log lines (onnx-ir's "cannot be found in any scope", ONNX Runtime's coloured errors) would
+    come before bushu's one-line message; their exceptions carry the same text. ``--debug`` lets them through."""
+    import logging
+    import os
+
+    if debug:
+        os.environ["BUSHU_DEBUG"] = "1"  # read by bushu.engines.ort when it opens a session
+    else:
+        logging.getLogger("onnx_ir").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -80,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    _quiet_libraries(args.debug)
     try:
         return emit(args._run(args), args)
     except BushuError as e:

@@ -24,7 +24,7 @@ from ..engines.base import EngineOptions, has_external_data
 from ..errors import BushuError
 from ..inputs import check_feed
 from ..progress import progress
-from ..timing import Latency, measure
+from ..timing import Latency, measure_interleaved
 from . import ort_target, pipeline, registry
 from .registry import FOLD_SIZE_LIMIT, PassContext, PassOptions
 from .result import OptimizeResult, Step, initializer_bytes, op_counts
@@ -83,11 +83,33 @@ def _check_written(proto: onnx.ModelProto) -> str | None:
     return None
 
 
-def _latency(model: ir.Model | str, feed) -> Latency:
-    sess = engines.open_session(model, "ort", EngineOptions(opt_level="all", threads=2))
-    names = {s.name for s in sess.inputs}
-    feed = {k: v for k, v in feed.items() if k in names}
-    return measure(lambda: sess.run(feed), warmup_s=0.2, budget_s=1.0)
+def _latencies(before: ir.Model | str, after: ir.Model | str, feed) -> tuple[Latency, Latency]:
+    """ONNX Runtime latency (all its optimizations, 2 threads) of the original and the output, timed in alternating
+    blocks so that background load hits both alike (spinning off: two sessions share the process)."""
+    opts = EngineOptions(opt_level="all", threads=2, spin=False)
+    runs = []
+    for model in (before, after):
+        sess = engines.open_session(model, "ort", opts)
+        f = {s.name: feed[s.name] for s in sess.inputs if s.name in feed}
+        runs.append(lambda sess=sess, f=f: sess.run(f))
+    (a, b), _ = measure_interleaved(runs, rounds=6, warmup_s=0.2, budget_s=1.0)
+    return a, b
+
+
+def _clone(src: ir.Model, name: str) -> ir.Model:
+    """Copy a model the checker rejected (``--allow-invalid``): a tensor that nothing defines can't be copied or
+    rewritten, so it is named instead of failing deep inside the IR."""
+    defined = {v.name for v in src.graph.inputs} | set(src.graph.initializers)
+    for node in src.graph:
+        for v in node.inputs:
+            if v is not None and v.producer() is None and v.name not in defined:
+                raise BushuError(f"{name}: node '{node.name}' ({node.op_type}) reads '{v.name}', which no node, "
+                                 "input or initializer defines; --allow-invalid can't optimize a graph with a "
+                                 "dangling tensor: fix the model first")
+    try:
+        return src.clone()
+    except (RuntimeError, ValueError) as e:
+        raise BushuError(f"{name} is invalid in a way bushu can't copy: {_first_line(e)}") from e
 
 
 def _run_step(name: str, work: ir.Model, ctx: PassContext, verifier: Verifier | None, feeds) -> tuple[ir.Model, Step]:
@@ -217,7 +239,7 @@ def _optimize(src: ir.Model, given: str | None, pool: ThreadPoolExecutor, output
     if invalid and not allow_invalid:
         raise BushuError(f"{name} fails onnx.checker ({invalid}): fix the model, or pass --allow-invalid to "
                          "optimize it anyway")
-    work = src.clone()
+    work = _clone(src, name) if invalid else src.clone()
     work.meta.update({k: v for k, v in src.meta.items() if k != "bushu.path"})
     edits = []  # what changed the model before the passes: fixed dims, opset conversion
     if static_shapes:
@@ -264,8 +286,7 @@ def _optimize(src: ir.Model, given: str | None, pool: ThreadPoolExecutor, output
                 verify_error = failure.reason if failure else None
             else:
                 ctx.note("verify: no pass changed the model: the output is the input graph, not run again")
-        lat_before = _latency(original, feeds[0]) if latency else None
-        lat_after = _latency(str(written), feeds[0]) if latency else None
+        lat_before, lat_after = _latencies(original, str(written), feeds[0]) if latency else (None, None)
     result = OptimizeResult(
         model=name, output=str(output) if output is not None else None, level=level if not passes else "custom",
         verify=verify, opset_before=opset_before, opset_after=work.opset_imports.get("", 1),

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from .. import engines
 from ..engines.base import EngineOptions
 from ..errors import BushuError
-from ..timing import measure
+from ..timing import measure_interleaved
 from . import pipeline, registry
 from .registry import PassContext
 from .result import Step
@@ -56,15 +56,10 @@ def interleaved_ratio(a: ir.Model, b: ir.Model, feed, rounds: int = 8, block_s: 
     sa, sb = engines.open_session(a, "ort", _BENCH), engines.open_session(b, "ort", _BENCH)
     fa = {s.name: feed[s.name] for s in sa.inputs if s.name in feed}
     fb = {s.name: feed[s.name] for s in sb.inputs if s.name in feed}
-    run_a, run_b = (lambda: sa.run(fa)), (lambda: sb.run(fb))
-    for fn in (run_a, run_b):
-        measure(fn, warmup_s=0.1, budget_s=0.05, min_reps=2)
-    ta, tb = [], []
-    for r in range(rounds):
-        order = [(run_a, ta), (run_b, tb)] if r % 2 == 0 else [(run_b, tb), (run_a, ta)]
-        for fn, out in order:
-            out.append(measure(fn, warmup_s=0.01, budget_s=block_s, min_reps=3).median_ms)
-    ratios = np.asarray(tb) / np.asarray(ta)
+    (_, _), per_round = measure_interleaved([lambda: sa.run(fa), lambda: sb.run(fb)], rounds=rounds, warmup_s=0.1,
+                                            budget_s=block_s * rounds)
+    ta, tb = per_round[:, 0], per_round[:, 1]
+    ratios = tb / ta
     q25, med, q75 = np.percentile(ratios, [25, 50, 75])
     return Ratio(float(med), float(q25), float(q75), float(np.median(ta)), float(np.median(tb)), rounds)
 
