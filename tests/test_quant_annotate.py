@@ -271,3 +271,34 @@ def test_openvino_preset_quantizes_after_the_constant_affine_chain_once(affine):
     for engine, model in (("openvino", q), ("ort", q_ort)):
         out = open_session(model, engine).run({"x": x})["y"]
         assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.999, engine
+
+
+HSWISH_OUT = """
+<ir_version: 8, opset_import: ["" : 13]>
+hsw (float[1,6,8,8] x, float[8,6,1,1] w1, float[8] b1, float[8,8,1,1] w2, float[8] b2) => (float[1,8,8,8] y) {
+  c1 = Conv (x, w1, b1)
+  hs = HardSigmoid <alpha = 0.16666667, beta = 0.5> (c1)
+  m = Mul (c1, hs)
+  y = Conv (m, w2, b2)
+}
+"""
+
+
+def test_ort_why_text_names_exactly_the_float_island_it_leaves():
+    """The 'why slower' text on ONNX Runtime counts what ORT's optimizer leaves between DQ and Q: a written-out
+    HardSwish kept float between two quantized Convs is exactly one HardSigmoid+Mul island, which ORT would have
+    fused into the float Conv."""
+    from bushu.quant import speed
+
+    rng = np.random.default_rng(4)
+    model = build(HSWISH_OUT, {"w1": rng.normal(size=(8, 6, 1, 1)).astype(np.float32),
+                               "b1": rng.normal(size=8).astype(np.float32),
+                               "w2": rng.normal(size=(8, 8, 1, 1)).astype(np.float32),
+                               "b2": rng.normal(size=8).astype(np.float32)})
+    q, p = quantized(model, "ort", {"x": rng.normal(size=(1, 6, 8, 8)).astype(np.float32)})
+    assert len(p.weights) == 2
+    integer, isl, reorders = speed.islands(speed.ort_optimized(q))
+    assert isl == {"HardSigmoid+Mul": 1} and integer >= 1
+    why = speed.reasons_for("ort", integer, isl, reorders, 0)
+    assert why[0] == "1 DQ → float op → Q groups have no integer kernel (HardSigmoid+Mul ×1)"
+    assert why[1].startswith("in FP32 ONNX Runtime fuses HardSigmoid into its Conv kernels")
