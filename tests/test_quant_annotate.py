@@ -141,6 +141,16 @@ def test_exclude_and_include_by_name_or_op_type(cnn):
     assert len(by_op(q, "Relu")) == 1  # nothing to fold into: the first conv stays float
 
 
+def test_include_or_exclude_that_names_nothing_is_refused(cnn):
+    from bushu.errors import BushuError
+    from bushu.quant.prepare import check_selection
+
+    check_selection(cnn, include=("n3_Conv",), exclude=("Relu",))  # a node name and an op type: fine
+    for kw, flag in (({"exclude": ("conv",)}, "--exclude conv"), ({"include": ("Bogus",)}, "--include Bogus")):
+        with pytest.raises(BushuError, match=f"{flag}: no node or op type.*op types: Conv, MaxPool, Relu;"):
+            check_selection(cnn, **kw)
+
+
 def test_attention_mask_and_softmax_arithmetic_stay_float(attention):
     rng = np.random.default_rng(2)
     feed = {"x": rng.normal(size=(1, 4, 8)).astype(np.float32), "mask": np.array([[1, 1, 1, 0]], np.int64)}

@@ -120,6 +120,15 @@ def test_calibration_from_folders_of_arrays_and_images(digits_onnx, digits, tmp_
     bad.write_text("resize: 8\n")
     with pytest.raises(BushuError, match="unknown keys"):
         ImagePreprocess.from_yaml(bad)
+    # the flags' own forms work in the file too (docs/quantize.md: "the same keys"), and a broken file is one line
+    flags = tmp_path / "flags.yaml"
+    flags.write_text("size: 48x192\nmean: 0.5,0.5,0.5\nstd: [0.5, 0.5, 0.5]\n")
+    assert ImagePreprocess.from_yaml(flags) == ImagePreprocess(size=(48, 192), mean=(0.5,) * 3, std=(0.5,) * 3)
+    for text, message in (("size: [48\n", "not valid YAML at line"), ("size: 48by192\n", "bad .*size"),
+                          ("mean: a,b,c\n", "bad .*mean"), ("- 1\n", "key: value")):
+        bad.write_text(text)
+        with pytest.raises(BushuError, match=message):
+            ImagePreprocess.from_yaml(bad)
 
 
 def test_cli_quantizes_saves_and_reports(cli, digits_onnx, digits, tmp_path):

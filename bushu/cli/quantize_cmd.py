@@ -18,14 +18,9 @@ def _csv(items) -> tuple[str, ...]:
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    from ..errors import BushuError
+    from ..quant.data import parse_floats
 
-    if text is None:
-        return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise BushuError(f"bad {flag} '{text}': write numbers separated by commas, e.g. {flag} 0.5,0.5,0.5") from None
+    return None if text is None else parse_floats(text, flag)
 
 
 def add_arguments(p):
@@ -86,13 +81,9 @@ def _preprocess(args):
 
     if args.preprocess:
         return ImagePreprocess.from_yaml(args.preprocess)
-    size = None
-    if args.size:
-        try:
-            h, w = (int(x) for x in args.size.lower().split("x"))
-        except ValueError:
-            raise BushuError(f"bad --size '{args.size}': write HxW, e.g. 224x224") from None
-        size = (h, w)
+    from ..quant.data import parse_size
+
+    size = parse_size(args.size) if args.size else None
     if size is None and args.mean is None and args.std is None:
         return None
     return ImagePreprocess(size=size, scale=args.scale, mean=_floats(args.mean, "--mean") or (0.0, 0.0, 0.0),

@@ -25,6 +25,7 @@ from ..engines.base import model_specs
 from ..errors import BushuError
 from ..run import model_name
 from .data import ImagePreprocess, feeds
+from .prepare import check_selection
 from .result import QuantizeResult
 from .spec import PRESETS, QuantConfig
 
@@ -51,6 +52,7 @@ def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config:
         config = config.replace(**overrides)
     m = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
     name = model_name(model if isinstance(model, (str, os.PathLike)) else m)
+    check_selection(m, config.include, config.exclude)
     specs = model_specs(m)[0]
     held = None
     if heldout is not None:

@@ -21,6 +21,31 @@ from ..inputs import Feed
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def parse_size(value, what: str = "--size") -> tuple[int, int]:
+    """``224x224``, ``"48x192"`` or ``[48, 192]`` → (H, W)."""
+    try:
+        parts = value.lower().split("x") if isinstance(value, str) else list(value)
+        h, w = (int(x) for x in parts)
+    except (TypeError, ValueError):
+        raise BushuError(f"bad {what} '{value}': write HxW, e.g. 224x224") from None
+    if h <= 0 or w <= 0:
+        raise BushuError(f"bad {what} '{value}': both sides must be positive, e.g. 224x224")
+    return h, w
+
+
+def parse_floats(value, what: str) -> tuple[float, ...]:
+    """``0.5,0.5,0.5``, ``0.5`` or ``[0.5, 0.5, 0.5]`` → a tuple of floats."""
+    try:
+        if isinstance(value, str):
+            return tuple(float(x) for x in value.split(",") if x.strip())
+        if isinstance(value, (int, float)):
+            return (float(value),)
+        return tuple(float(x) for x in value)
+    except (TypeError, ValueError):
+        raise BushuError(f"bad {what} '{value}': write numbers separated by commas, e.g. 0.485,0.456,0.406"
+                         ) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class ImagePreprocess:
     """How an image file becomes an input: resize to ``size`` (H, W), ``x * scale``, ``(x - mean) / std`` per
@@ -47,13 +72,26 @@ class ImagePreprocess:
         p = Path(path)
         if not p.is_file():
             raise BushuError(f"no such preprocessing file: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise BushuError(f"{p} is not valid YAML{at}: write one 'key: value' per line, e.g. 'size: 224x224'"
+                             ) from None
+        if not isinstance(data, dict):
+            raise BushuError(f"{p}: expected 'key: value' lines (size, scale, mean, std, channels, layout)")
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise BushuError(f"{p}: unknown keys {', '.join(sorted(unknown))}: use size, scale, mean, std, channels, layout")
-        for k in ("size", "mean", "std"):
+        # the same forms as the flags (size: 224x224, mean: 0.485,0.456,0.406) or YAML lists
+        if "size" in data:
+            data["size"] = parse_size(data["size"], f"{p}: size")
+        for k in ("mean", "std"):
             if k in data:
-                data[k] = tuple(data[k])
+                data[k] = parse_floats(data[k], f"{p}: {k}")
+        if "scale" in data:
+            data["scale"] = parse_floats(data["scale"], f"{p}: scale")[0]
         return cls(**data)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:

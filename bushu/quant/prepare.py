@@ -54,6 +54,18 @@ def check_float(model: ir.Model) -> None:
         raise BushuError(f"the model is already quantized ({ops}): quantize the float model it came from")
 
 
+def check_selection(model: ir.Model, include=(), exclude=()) -> None:
+    """``--include``/``--exclude`` entries must name a node or an op type of ``model``: a typo (``conv`` for
+    ``Conv``) would otherwise quantize as if the flag were absent, or nothing at all."""
+    nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
+    names, types = {n.name for n in nodes}, {n.op_type for n in nodes}
+    for flag, items in (("--include", include), ("--exclude", exclude)):
+        unknown = [x for x in items if x not in names and x not in types]
+        if unknown:
+            raise BushuError(f"{flag} {','.join(unknown)}: no node or op type of the model has that name (op types: "
+                             f"{', '.join(sorted(types))}; or a node name, as the model file spells it)")
+
+
 def ort_basic_optimize(model: ir.Model) -> ir.Model:
     """The model after ONNX Runtime's basic (standard-op) graph optimizations."""
     from ..engines.ort import optimized_model
