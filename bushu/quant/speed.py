@@ -21,7 +21,7 @@ import onnx_ir as ir
 from .. import engines
 from ..engines.base import EngineOptions
 from ..results import Result
-from ..timing import Latency, cpu_flags, measure
+from ..timing import Latency, cpu_flags, measure_interleaved
 
 _INTEGER_OPS = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize", "MatMulNBits", "QAttention",
                 "MatMulIntegerToFloat")
@@ -159,14 +159,15 @@ def reasons_for(engine: str, integer: int, float_islands: Mapping[str, int], reo
 
 def measure_speed(float_model: ir.Model, quant_model: ir.Model, feed: Mapping[str, np.ndarray], *,
                   engine: str = "ort", budget_s: float = 1.0, options: EngineOptions | None = None) -> Speed:
-    """Median latency of both models on ``engine`` with ``feed`` (one session at a time: an idle session's
-    spinning threads would slow the other), and the reasons when the quantized one is not faster."""
-    opts = options or EngineOptions()
-    lat = {}
-    for key, m in (("fp32", float_model), ("quantized", quant_model)):
-        sess = engines.open_session(m, engine, opts)
-        lat[key] = measure(lambda s=sess: s.run(feed), warmup_s=0.3, budget_s=budget_s)
-        del sess
+    """Median latency of both models on ``engine`` with ``feed``, timed in alternating blocks so that background load
+    hits both alike (ONNX Runtime's spinning off: an idle session's spinning threads would slow the other), and the
+    reasons when the quantized one is not faster."""
+    opts = dataclasses.replace(options or EngineOptions(), spin=False)
+    sessions = [engines.open_session(m, engine, opts) for m in (float_model, quant_model)]
+    (fp32, quantized), _ = measure_interleaved([lambda s=s: s.run(feed) for s in sessions], rounds=6, warmup_s=0.3,
+                                               budget_s=budget_s)
+    del sessions
+    lat = {"fp32": fp32, "quantized": quantized}
     speedup = lat["fp32"].median_ms / lat["quantized"].median_ms
     integer, isl, reorders, dq_float = 0, {}, 0, 0
     if engine == "ort":
