@@ -20,7 +20,7 @@ from onnx_ir import external_data as _external_data
 
 from .errors import BushuError
 
-__all__ = ["ir", "load", "save", "save_bytes", "loads", "to_proto", "to_bytes", "check_proto", "PROTOBUF_LIMIT"]
+__all__ = ["ir", "load", "save", "save_bytes", "fits_one_proto", "loads", "to_proto", "to_bytes", "check_proto", "PROTOBUF_LIMIT"]
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Above this many bytes of weights a model is saved with external data (protobuf's hard limit is 2 GiB).
@@ -223,11 +223,17 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     return ir.serde.serialize_model(model)
 
 
-def to_bytes(model: ir.Model) -> bytes:
-    """Serialize for an engine that takes bytes; models whose weights exceed protobuf's limit must go by path."""
+def fits_one_proto(model: ir.Model) -> bool:
+    """Whether ``model`` serializes as one protobuf: no external data and weights under the external-data threshold
+    (protobuf's 2 GB limit)."""
     from .engines.base import has_external_data
 
-    if weight_bytes(model) > EXTERNAL_DATA_THRESHOLD or has_external_data(model):
+    return weight_bytes(model) <= EXTERNAL_DATA_THRESHOLD and not has_external_data(model)
+
+
+def to_bytes(model: ir.Model) -> bytes:
+    """Serialize for an engine that takes bytes; models whose weights exceed protobuf's limit must go by path."""
+    if not fits_one_proto(model):
         raise BushuError("the model has external data or is over 2 GB: save it with bushu.save() and pass the path")
     return to_proto(model).SerializeToString()
 
@@ -254,40 +260,45 @@ def save(
     src = source_path(model)
     if src is not None and path.resolve() == src and not force:
         raise BushuError(f"refusing to overwrite the input {path}: choose another output path or pass --force")
+    use_external = external_data if external_data is not None else weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    data_name = path.name + ".data"
+
+    def write(tmp: Path) -> tuple[str, ...]:
+        if use_external:
+            ir.save(model, tmp, external_data=data_name)
+            return (data_name,)
+        ir.save(model, tmp)
+        return ()
+
+    return _write_atomically(path, write)
+
+
+def _write_atomically(path: Path, write) -> Path:
+    """``write(tmp)`` writes the model into a temporary folder beside ``path`` and returns the names of the files it
+    wrote beside it (external data); those are moved into place first, the model last, so that a reader never sees
+    a model without its data or half a file."""
     if path.is_dir():
         raise BushuError(f"{path} is a folder: give a file name such as {path / 'model.onnx'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    use_external = external_data if external_data is not None else weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    data_name = path.name + ".data"
     tmpdir = Path(tempfile.mkdtemp(prefix=".bushu-save-", dir=path.parent))
     try:
-        tmp_model = tmpdir / path.name
-        if use_external:
-            ir.save(model, tmp_model, external_data=data_name)
-            os.replace(tmpdir / data_name, path.parent / data_name)
-        else:
-            ir.save(model, tmp_model)
-        os.replace(tmp_model, path)
+        tmp = tmpdir / path.name
+        for name in write(tmp):
+            os.replace(tmpdir / name, path.parent / name)
+        os.replace(tmp, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
 
 
 def save_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    """Write a serialized model (:func:`to_bytes`) atomically, like :func:`save`: into a temporary folder beside
-    ``path``, then renamed into place. For a caller that also hands the same bytes to the checker or an engine:
-    the model is serialized once."""
-    path = Path(path)
-    if path.is_dir():
-        raise BushuError(f"{path} is a folder: give a file name such as {path / 'model.onnx'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=".bushu-save-", dir=path.parent))
-    try:
-        (tmpdir / path.name).write_bytes(data)
-        os.replace(tmpdir / path.name, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return path
+    """Write a serialized model (:func:`to_bytes`) atomically, like :func:`save`. For a caller that also hands the
+    same bytes to the checker or an engine: the model is serialized once."""
+    def write(tmp: Path) -> tuple[str, ...]:
+        tmp.write_bytes(data)
+        return ()
+
+    return _write_atomically(Path(path), write)
 
 
 def convert_opset(model: ir.Model, version: int) -> ir.Model:

@@ -20,7 +20,7 @@ import onnx_ir as ir
 from .. import engines
 from .. import ir as bir
 from ..compare.metrics import Tolerance
-from ..engines.base import EngineOptions, has_external_data
+from ..engines.base import EngineOptions
 from ..errors import BushuError
 from ..inputs import check_feed
 from ..progress import progress
@@ -214,9 +214,7 @@ def optimize(
 
 def _in_one_proto(model: ir.Model) -> onnx.ModelProto | None:
     """The model as one protobuf, when it fits one (no external data, under protobuf's limit), else None."""
-    if has_external_data(model) or bir.weight_bytes(model) >= bir.EXTERNAL_DATA_THRESHOLD:
-        return None
-    return bir.to_proto(model)
+    return bir.to_proto(model) if bir.fits_one_proto(model) else None
 
 
 def _optimize(src: ir.Model, given: str | None, pool: ThreadPoolExecutor, output,

@@ -79,8 +79,7 @@ def make_feeds(model: ir.Model, inputs=None, samples: int = 3, **synth) -> list[
 
 def run_ort(model: ir.Model | str, feeds: Sequence[Feed], threads: int = 2) -> list[dict[str, np.ndarray]]:
     """Outputs of ``model`` (in memory, or a file ONNX Runtime reads itself) on each feed, ORT optimizations off."""
-    options = _RUN_OPTIONS if threads == _RUN_OPTIONS.threads else dataclasses.replace(_RUN_OPTIONS, threads=threads)
-    sess = engines.open_session(model, "ort", options)
+    sess = engines.open_session(model, "ort", dataclasses.replace(_RUN_OPTIONS, threads=threads))
     names = {s.name for s in sess.inputs}
     return [sess.run({k: v for k, v in f.items() if k in names}) for f in feeds]
 
