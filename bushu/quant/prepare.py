@@ -105,20 +105,21 @@ def spatial_means_to_pooling(model: ir.Model) -> int:
     return count
 
 
-def fuse_hardswish(model: ir.Model) -> int:
-    """``x * HardSigmoid(x, 1/6, 0.5)`` → ``HardSwish(x)`` (opset ≥ 14) with the optimizer's fusion; the count."""
+def _run_pass(name: str, model: ir.Model) -> int:
+    """One of the optimizer's registered passes on ``model`` in place; how many rewrites it made."""
     from ..passes.registry import PassContext, get
 
-    if model.opset_imports.get("", 1) < 14:
-        return 0
-    return get("fuse-hardswish").run(model, PassContext())
+    return get(name).run(model, PassContext())
+
+
+def fuse_hardswish(model: ir.Model) -> int:
+    """``x * HardSigmoid(x, 1/6, 0.5)`` → ``HardSwish(x)`` (opset ≥ 14) with the optimizer's fusion; the count."""
+    return _run_pass("fuse-hardswish", model) if model.opset_imports.get("", 1) >= HARDSWISH_OPSET else 0
 
 
 def fold_conv_affine(model: ir.Model) -> int:
     """Constant per-channel Mul/Add after Conv/Gemm folded into the weights; the count."""
-    from ..passes.registry import PassContext, get
-
-    return get("fold-conv-affine").run(model, PassContext())
+    return _run_pass("fold-conv-affine", model)
 
 
 def prepare(model: ir.Model, *, optimize: bool = True, hardswish: bool = False,
