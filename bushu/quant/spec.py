@@ -128,6 +128,9 @@ class QuantConfig:
     """
 
     engine: str = "ort"
+    # whose Q/DQ placement (a key of PRESETS) to use on ``engine``; None: the engine's own. quantize falls back to
+    # another placement when the engine computes its own placement's file wrong (bushu.quant.verify)
+    placement: str | None = None
     mode: str = "static"
     method: str = "mse"
     per_channel: bool = True
@@ -159,6 +162,8 @@ class QuantConfig:
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise BushuError(f"block size {self.block_size} must be a power of two ≥ 16, e.g. 32")
         preset(self.engine)
+        if self.placement is not None:
+            preset(self.placement)
         if self.smoothquant not in (None, "auto") and not (isinstance(self.smoothquant, (int, float))
                                                             and 0.0 <= self.smoothquant <= 1.0):
             raise BushuError(f"SmoothQuant α {self.smoothquant!r} must be in [0, 1] or 'auto'")
@@ -172,11 +177,11 @@ class QuantConfig:
         from ..timing import cpu_flags
 
         flags = cpu_flags()
-        return preset(self.engine).name == "ort" and bool(flags) and not ({"avx512_vnni", "avx_vnni"} & flags)
+        return preset(self.placement or self.engine).name == "ort" and bool(flags) and not ({"avx512_vnni", "avx_vnni"} & flags)
 
     @property
     def preset(self) -> EnginePreset:
-        p = preset(self.engine)
+        p = preset(self.placement or self.engine)
         if self.uses_reduce_range:
             p = dataclasses.replace(p, weights=INT8_SYM7)
         return p
