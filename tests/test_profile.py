@@ -167,3 +167,32 @@ def test_nested_execute_spans_count_once():
 def test_silero_if_subgraphs_are_not_counted_twice(silero_vad):
     r = bushu.profile(silero_vad, "ort", budget_s=0.2, values={"sr": 16000})
     assert r.coverage <= r.accounted <= 1.0 + 1e-9  # subgraph kernels live inside their If kernel's time
+
+
+def test_openvino_counters_are_running_means_and_are_differenced(torch_zoo):
+    """OpenVINO reports each layer's mean since compiling (the first run repacks weights), not the last run's time;
+    the backend differences rebuilt totals over windows of timed runs, so resnet18-like's layers no longer add up to
+    more than its run (1.08-1.28 of it when each reading was taken for that run's time)."""
+    import numpy as np
+
+    from bushu.engines import open_session
+    from bushu.engines.base import EngineOptions
+    from bushu.profile.openvino import _means, totals_us
+
+    path = torch_zoo("resnet18-like")
+    sess = open_session(str(path), "openvino", EngineOptions(profile=True, shapes={"input": (1, 3, 224, 224)}))
+    feed = {"input": np.random.default_rng(0).random((1, 3, 224, 224), np.float32)}
+    sess.run(feed)
+    first = _means(sess.request)
+    for _ in range(5):
+        sess.run(feed)
+    after = _means(sess.request)
+    conv = max(first, key=first.get)  # the layer whose first run was the longest
+    # a running mean: after 6 runs it is at most (first + 5 * steady) / 6; a last-run reading would not shrink so
+    assert after[conv] < first[conv]
+    assert totals_us(after, 6)[conv] >= first[conv]  # the total still holds the first run
+    assert totals_us({"a": 7, "b": 0}, 4) == {"a": 29.5, "b": 0.0}  # midpoint of [28, 31]; 0 never ran
+
+    r = bushu.profile(str(path), "openvino", budget_s=0.5)
+    assert r.runs >= 30 and r.coverage <= 1.03  # layers never exceed the run they are part of
+    assert 0.8 < r.accounted < 1.1

@@ -93,7 +93,7 @@ def profile(
     trace_path = str(write_trace(trace, rows, e2e, f"{ref.label} on {engine}")) if trace else None
     total_flops = sum(c.flops for c in costs.values() if c.flops) or None
     return ProfileResult(model=ref.label, engine=measured.engine, shapes=bound, threads=threads,
-                         runs=len(measured.run_ms), e2e_ms=e2e, kernels_ms=kernels_ms, coverage=coverage, rows=tuple(rows),
+                         runs=measured.runs or len(measured.run_ms), e2e_ms=e2e, kernels_ms=kernels_ms, coverage=coverage, rows=tuple(rows),
                          accounted=accounted, executor_ms=executor_ms, latency_ms=latency_ms, parts=parts,
                          executor_label=measured.between_label if between is not None else None,
                          by_op=tuple(by_op_type(rows, pk.gflops * share)), total_flops=total_flops, peaks=pk,

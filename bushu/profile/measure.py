@@ -35,6 +35,8 @@ class Measurement:
     # what ``between_ms`` is, and what the rest of a run (outside the kernels and ``between_ms``) is
     between_label: str = "executor overhead (between kernels)"
     rest_label: str = "outside the engine's timers (Python call, waits)"
+    # the timed runs when ``run_ms`` (and the kernels' times) are means over windows of runs, not one per run
+    runs: int | None = None
 
 
 def repeat(fn: Callable[[], None], *, warmup_s: float, budget_s: float, min_runs: int, max_runs: int,
