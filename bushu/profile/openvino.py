@@ -31,6 +31,7 @@ about 0.5 µs low, which this backend adds back to every layer that ran (``FLOOR
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Mapping
 
@@ -144,7 +145,7 @@ def measure(model: ir.Model, feed: Mapping[str, np.ndarray], options: EngineOpti
     n_windows = windows(timed, float(np.median(wall_ms[warm:])), len(ran), totals[-1][0])
     edges = [warm + round(i * timed / n_windows) for i in range(n_windows + 1)]
     run_ms, between = [], []
-    for a, b in zip(edges, edges[1:]):
+    for a, b in itertools.pairwise(edges):
         (n0, t0), (n1, t1) = totals[a - 1], totals[b - 1]
         for name, kern in kernels.items():
             grown = (t1.get(name, 0.0) - t0.get(name, 0.0)) / (n1 - n0)
