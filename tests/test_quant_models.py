@@ -214,3 +214,31 @@ def test_openvino_why_text_names_exactly_the_fp32_layers_of_its_execution_graph(
         why = speed.reasons_for("openvino", integer, isl, reorders, fq)
         assert any(w == "1 weighted layers run in FP32 on OpenVINO (Convolution (f32) ×1)" for w in why) == bool(fp32)
         assert not any("DQ → float op → Q" in w for w in why)
+
+
+def test_openvino_file_is_verified_on_openvino_and_a_wrong_placement_falls_back(digits_onnx, digits):
+    """OpenVINO 2026.4 computes the digits CNN wrong from the ORT placement's file (uint8 activations with zero
+    points: top-1 ~67% on OpenVINO, ~99% on ONNX Runtime). quantize checks the file on the target engine, rejects
+    that placement and falls back to one OpenVINO computes right; with a one-shot calibration stream it can't
+    retry and the result is falsy, naming the engine, both SNRs and the first divergent layer."""
+    pytest.importorskip("openvino")
+    x_tr, _, x_te, y_te = digits
+    held = [{"input": x_te[:128]}, {"input": x_te[128:256]}]
+    cfg = QuantConfig(engine="openvino", placement="ort", progress=False, measure_speed=False)
+    r = quantize(digits_onnx, digits_calib(x_tr, n=4), cfg, heldout=held)
+    assert r and r.placement == "openvino" and r.engine == "openvino"
+    assert r.engine_check and r.engine_check.placement == "openvino"
+    [bad] = r.rejected
+    assert not bad and bad.placement == "ort" and bad.engine == "openvino" and bad.version
+    assert bad.target.snr_db < bad.reference.snr_db - 6 and bad.reference.top1 > 0.99 and bad.target.top1 < 0.9
+    assert bad.divergence and "WRONG" in str(bad) and "fell back to the openvino placement" in r.notes[0]
+    assert "rejected" in r.render() and r.to_json()
+    # the delivered file is right on OpenVINO on digits it never saw
+    assert top1(r.model, x_te[256:], y_te[256:], "openvino") >= top1(digits_onnx, x_te[256:], y_te[256:]) - 0.01
+
+    one_shot = quantize(digits_onnx, iter(digits_calib(x_tr, n=4)), cfg, heldout=held)
+    assert not one_shot and not one_shot.engine_check and one_shot.placement == "ort"
+    assert one_shot.engine_check.divergence == bad.divergence and "one-shot" in one_shot.notes[-1]
+    assert "computes it WRONG" in str(one_shot) and "WRONG" in one_shot.render()
+    # the file it hands over is indeed wrong on OpenVINO and right on ONNX Runtime
+    assert top1(one_shot.model, x_te, y_te, "openvino") < 0.9 < top1(one_shot.model, x_te, y_te, "ort")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx_ir as ir
@@ -59,10 +60,15 @@ def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config:
         held_iter, _ = feeds(heldout, specs, preprocess)
         held = [dict(f) for f in held_iter]
     if config.mode == "static":
-        from .pipeline import quantize_static
+        from .pipeline import fall_back, quantize_static
 
-        data, total = feeds(calibration_data, specs, preprocess)
-        result = quantize_static(m, data, config, total=total, heldout=held, source=name)
+        def run(cfg: QuantConfig) -> QuantizeResult:
+            data, total = feeds(calibration_data, specs, preprocess)
+            return quantize_static(m, data, cfg, total=total, heldout=held, source=name)
+
+        # verified on the target engine; a placement it computes wrong is replaced by one it computes right
+        one_shot = isinstance(calibration_data, Iterator)  # a generator: calibrated on once, can't retry
+        result = fall_back(run(config), config, run, reiterable=not one_shot)
     else:
         from .modes import quantize_mode
 

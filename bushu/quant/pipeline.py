@@ -3,7 +3,8 @@ measure speed, diagnose on request."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Callable, Iterable
 
 import onnx_ir as ir
 
@@ -16,9 +17,10 @@ from . import budget as bud
 from .algorithms import adaround, bias_correction, cle, smoothquant
 from .diagnose import diagnose, sensitivity
 from .result import QuantizeResult
-from .spec import QuantConfig
+from .spec import PRESETS, QuantConfig, preset
 from .speed import measure_speed
 from .static import Session
+from .verify import engine_check
 
 
 def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig, *, total: int | None = None,
@@ -49,12 +51,18 @@ def quantize_static(model: ir.Model, feeds: Iterable[Feed], config: QuantConfig,
     if config.bias_correction:
         notes.append(bias_correction.apply(s, q))
     acc = s.score(q)
+    engine = preset(config.engine).name
+    check = None
+    if engine != "ort":  # ONNX Runtime is the reference the target engine is checked against
+        check = engine_check(s.model, q, s.heldout, config.engine, placement=config.preset.name, reference=s.reference)
     speed = None
-    if config.measure_speed:
+    if config.measure_speed and (check is None or check):
         speed = measure_speed(s.model, q, s.heldout[0], engine=config.engine)
+    elif config.measure_speed:
+        notes.append(f"not timed: {engine} computes this file wrong")
     diag = diagnose(s, method) if config.diagnose else None
     return QuantizeResult(
-        source=source, mode="static", engine=config.preset.name, method=method,
+        source=source, mode="static", engine=engine, placement=config.preset.name, engine_check=check, method=method,
         quantized_layers=len(p.weights), float_layers=dict(p.reasons), notes=tuple(notes),
         calibration_samples=s.calibration.samples, accuracy=acc, speed=speed, budget=str(budget) if budget else None,
         budget_met=met, budget_steps=tuple(steps), diagnosis=diag, model=q)
@@ -97,3 +105,30 @@ def _meet_budget(s: Session, budget: bud.Budget, methods: list[str], notes: list
 def _median_ms(model: ir.Model, engine: str, feed: Feed) -> float:
     sess = engines.open_session(model, engine)
     return measure(lambda: sess.run(feed), warmup_s=0.2, budget_s=0.5).median_ms
+
+
+def fall_back(result: QuantizeResult, config: QuantConfig, retry: Callable[[QuantConfig], QuantizeResult], *,
+              reiterable: bool = True) -> QuantizeResult:
+    """When the target engine computes ``result``'s file wrong (its ``engine_check`` failed), quantize again with
+    each other preset's Q/DQ placement (``retry(config)``: calibrates anew, so the calibration data must be
+    readable twice) and return the first result the engine computes right, saying so; else ``result`` (falsy),
+    with a note."""
+    check = result.engine_check
+    if check is None or check:
+        return result
+    others = [k for k in PRESETS if k != result.placement]
+    if not reiterable:
+        note = (f"not retried with the {'/'.join(others)} placement: the calibration data is a one-shot iterator "
+                "(pass a list or a folder, or choose QuantConfig(placement=...))")
+        return dataclasses.replace(result, notes=(*result.notes, note))
+    rejected = [check]
+    for other in others:
+        r = retry(config.replace(placement=other))
+        if r.engine_check is None or r.engine_check:
+            note = (f"fell back to the {other} placement: {check.engine} {check.version} computes the "
+                    f"{result.placement} placement's file wrong (output SNR {check.target.snr_db:.1f} dB there, "
+                    f"{check.reference.snr_db:.1f} dB on ort)")
+            return dataclasses.replace(r, rejected=tuple(rejected) + r.rejected, notes=(note, *r.notes))
+        rejected.append(r.engine_check)
+    return dataclasses.replace(result, rejected=tuple(rejected[1:]), notes=result.notes + tuple(
+        f"the {c.placement} placement is computed wrong too: {c}" for c in rejected[1:]))

@@ -10,12 +10,16 @@ from ..results import Result, fmt_table
 from .budget import Accuracy, Step
 from .diagnose import Diagnosis
 from .speed import Speed
+from .verify import EngineCheck
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeResult(Result):
-    """Truthy when the accuracy budget was met (always, without a budget). ``model`` is the quantized
-    ``ir.Model`` (save it with ``bushu.save``); ``float_layers`` are the weighted layers left in float and why."""
+    """Truthy when the accuracy budget was met (always, without a budget) and the target engine computes the file
+    right (``engine_check``: the file on the target engine against the same file on ONNX Runtime; None on ONNX
+    Runtime itself). ``model`` is the quantized ``ir.Model`` (save it with ``bushu.save``); ``float_layers`` are
+    the weighted layers left in float and why; ``placement`` is the preset whose Q/DQ placement the file has
+    (another engine's when the target engine computed its own wrong: ``rejected`` holds those checks)."""
 
     kind = "quantize"
     source: str
@@ -33,10 +37,13 @@ class QuantizeResult(Result):
     budget_steps: tuple[Step, ...] = ()
     diagnosis: Diagnosis | None = None
     saved_to: str | None = None
+    placement: str = ""
+    engine_check: EngineCheck | None = None
+    rejected: tuple[EngineCheck, ...] = ()
     model: ir.Model | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __bool__(self) -> bool:
-        return self.budget_met
+        return self.budget_met and (self.engine_check is None or bool(self.engine_check))
 
     def __str__(self) -> str:
         s = f"{self.mode} {self.engine}: {self.quantized_layers} layers quantized ({self.method})"
@@ -46,15 +53,22 @@ class QuantizeResult(Result):
             s += f"; {self.speed.speedup:.2f}× vs fp32"
         if self.budget:
             s += f"; budget {self.budget} {'met' if self.budget_met else 'NOT met'}"
+        if self.engine_check is not None and not self.engine_check:
+            s += f"; {self.engine} computes it WRONG"
         return s
 
     def render(self) -> str:
-        out = [f"model        {self.source}", f"mode         {self.mode} for {self.engine} (ranges: {self.method})",
+        where = self.engine + (f", {self.placement} placement" if self.placement not in ("", self.engine) else "")
+        out = [f"model        {self.source}", f"mode         {self.mode} for {where} (ranges: {self.method})",
                f"quantized    {self.quantized_layers} weighted layers; {len(self.float_layers)} left in float",
                f"calibration  {self.calibration_samples} samples"]
         out += [f"note         {n}" for n in self.notes]
         if self.accuracy is not None:
             out.append(f"accuracy     {self.accuracy}")
+        for c in self.rejected:
+            out.append(f"rejected     {c}")
+        if self.engine_check is not None:
+            out.append(f"{'verified' if self.engine_check else 'WRONG':13s}{self.engine_check}")
         if self.budget:
             out.append(f"budget       {self.budget}: {'met' if self.budget_met else 'NOT met'}")
             for st in self.budget_steps:
