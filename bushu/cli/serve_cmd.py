@@ -20,6 +20,8 @@ def add_arguments(p):
     g.add_argument("--metrics-port", type=int, default=8002,
                    help="Prometheus /metrics port, 0 = any free, -1 = off (default: 8002)")
     g.add_argument("--max-body-mb", type=float, default=64, help="largest request body (default: 64 MB)")
+    g.add_argument("--allow-shared-memory", action="store_true",
+                   help="system shared memory for clients beyond loopback too (default: loopback clients only)")
     g = p.add_argument_group("repository")
     g.add_argument("--poll", type=float, default=None, metavar="SECONDS",
                    help="reload models whose files change, every SECONDS")
@@ -52,7 +54,7 @@ def run(args):
 
     return serve(args.model, host=args.host, http_port=args.http_port, grpc_port=_port(args.grpc_port),
                  metrics_port=_port(args.metrics_port), poll_s=args.poll, allow_model_control=args.allow_model_control,
-                 token=args.token, max_body_mb=args.max_body_mb, engine=args.engine, threads=args.threads,
+                 token=args.token, allow_shared_memory=args.allow_shared_memory, max_body_mb=args.max_body_mb, engine=args.engine, threads=args.threads,
                  max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
                  instances=args.instances, max_queue_size=args.max_queue_size, ray=args.ray,
                  ray_address=args.ray_address, replicas=args.replicas, max_replicas=args.max_replicas)

@@ -6,8 +6,8 @@
 
 Layout: protocol.py (codec) · config.py (Triton's config.pbtxt + bushu.toml) · repository.py (files on disk) ·
 model.py (the ``execute(list[request])`` handler) · batcher.py / sequence.py (schedulers) · stats.py / metrics.py ·
-manager.py (load/unload/hot reload) · service.py (transport-free operations) · app.py (HTTP) · grpc_server.py ·
-server.py (one process, one loop, graceful drain) · ray_serve.py (``--ray``).
+manager.py (load/unload/hot reload) · shm.py (system shared memory) · service.py (transport-free operations) ·
+app.py (HTTP) · grpc_server.py · server.py (one process, one loop, graceful drain) · ray_serve.py (``--ray``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def serve(
     poll_s: float | None = None,
     allow_model_control: bool = False,
     token: str | None = None,
+    allow_shared_memory: bool = False,
     max_body_mb: float = 64,
     engine: str = "ort",
     threads: int | None = None,
@@ -63,12 +64,15 @@ def serve(
     Ports of 0 pick free ones, ``None`` turns an endpoint off. ``engine``/``threads``/``max_batch_size``/
     ``max_queue_delay_us``/``instances``/``max_queue_size`` apply where a model's config.pbtxt/bushu.toml don't say.
     ``ray=True`` runs the models as Ray Serve deployments instead (``replicas``, autoscaling up to ``max_replicas``
-    on queue depth). ``on_ready(Endpoints)`` is called once the endpoints answer (default: one line on stderr).
+    on queue depth). Clients on loopback may pass tensors through system shared memory (Triton's extension);
+    ``allow_shared_memory=True`` lets clients at other addresses do so too. ``on_ready(Endpoints)`` is called once
+    the endpoints answer (default: one line on stderr).
     """
     defaults = ModelDefaults(engine=engine, threads=threads, max_batch_size=max_batch_size,
                              max_queue_delay_us=max_queue_delay_us, instances=instances, max_queue_size=max_queue_size)
     options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                            poll_s=poll_s, model_control=allow_model_control, token=token,
+                           shared_memory_remote=allow_shared_memory,
                            max_body_bytes=int(max_body_mb * 2**20), defaults=defaults)
     if ray:
         from .ray_serve import serve_ray

@@ -27,6 +27,7 @@ from . import service
 from .manager import ModelManager
 from .metrics import CONTENT_TYPE, exposition
 from .protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response_parts, error_body
+from .shm import SharedMemory
 
 log = logging.getLogger("bushu.serve")
 _JSON = [(b"content-type", b"application/json")]
@@ -49,9 +50,11 @@ class HttpApp:
     gRPC server, stop polling)."""
 
     def __init__(self, manager: ModelManager, options: HttpOptions = HttpOptions(), *,
-                 on_startup: list[Callable[[], Awaitable]] = (), on_shutdown: list[Callable[[], Awaitable]] = ()):
+                 on_startup: list[Callable[[], Awaitable]] = (), on_shutdown: list[Callable[[], Awaitable]] = (),
+                 shm: SharedMemory | None = None):
         self.manager = manager
         self.options = options
+        self.shm = shm
         self.on_startup = list(on_startup)
         self.on_shutdown = list(on_shutdown)
 
@@ -155,7 +158,9 @@ class HttpApp:
                 return 200, _JSON, orjson.dumps(service.model_stats(m, name, version))
         elif path in ("/v2", ""):
             _need(method, "GET", path)
-            return 200, _JSON, orjson.dumps(service.server_metadata())
+            return 200, _JSON, orjson.dumps(service.server_metadata(self.shm is not None))
+        elif parts[:2] in (["v2", "systemsharedmemory"], ["v2", "cudasharedmemory"]):
+            return await self._shared_memory(scope, receive, method, path, parts)
         elif path == "/v2/health/live":
             return 200, _JSON, b""
         elif path == "/v2/health/ready":
@@ -177,6 +182,40 @@ class HttpApp:
             return 200, _JSON, b""
         raise ProtocolError(f"no route {method} {path}: see the Open Inference Protocol (KServe v2)", status=404)
 
+    async def _shared_memory(self, scope, receive, method: str, path: str, parts: list[str]):
+        """Triton's system shared-memory extension (shm.py); CUDA shared memory answers 400."""
+        rest = parts[2:]
+        if rest[:1] == ["region"] and len(rest) == 3:
+            region, action = rest[1], rest[2]
+        elif len(rest) == 1:
+            region, action = "", rest[0]
+        else:
+            raise ProtocolError(f"no route {method} {path}", status=404)
+        if action not in ("status", "register", "unregister") or (action == "register" and not region):
+            raise ProtocolError(f"no route {method} {path}: use .../region/{{name}}/register|unregister|status",
+                                status=404)
+        _need(method, "GET" if action == "status" else "POST", path)
+        body = await self._body(scope, receive) if action == "register" else b""
+        if parts[1] == "cudasharedmemory":
+            raise ProtocolError("CUDA shared memory is not supported (bushu serves on CPU): use system shared memory")
+        if self.shm is None:
+            raise ProtocolError("system shared memory is not enabled on this server: send the tensors in the request")
+        self.shm.check_client((scope.get("client") or ("",))[0], _header(scope, b"authorization"))
+        if action == "status":
+            return 200, _JSON, orjson.dumps(self.shm.status(region))
+        if action == "unregister":
+            self.shm.unregister(region)
+            return 200, _JSON, b""
+        try:
+            req = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise ProtocolError(f"malformed JSON in the register request: {e}") from None
+        if not isinstance(req, dict) or "key" not in req or "byte_size" not in req:
+            raise ProtocolError("a system shared memory register request is a JSON object with 'key', 'byte_size' "
+                                "and optionally 'offset'")
+        self.shm.register(region, req["key"], req.get("offset", 0), req["byte_size"])
+        return 200, _JSON, b""
+
     async def _infer(self, scope, receive, name: str, version: str):
         body = await self._body(scope, receive)  # read first: an unread body would break keep-alive
         self.manager.get(name, version)
@@ -186,13 +225,23 @@ class HttpApp:
                 if not v.isdigit():
                     raise ProtocolError(f"Inference-Header-Content-Length must be a number, got {v.decode(errors='replace')!r}")
                 header_length = int(v)
-        req = decode_request(body, header_length)
+        shm = None if self.shm is None else self.shm.for_client((scope.get("client") or ("",))[0],
+                                                               _header(scope, b"authorization"))
+        req = decode_request(body, header_length, shm)
         res = await service.infer(self.manager, name, version, req)
-        out, json_len = encode_response_parts(res.model, res.version, req.id, res.outputs, res.binary)
+        out, json_len = encode_response_parts(res.model, res.version, req.id, res.outputs, res.binary,
+                                              in_shm=res.in_shm)
         if json_len is None:
             return 200, _JSON, out
         return 200, [(b"content-type", b"application/octet-stream"),
                      (b"inference-header-content-length", str(json_len).encode())], out
+
+
+def _header(scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode(errors="replace")
+    return None
 
 
 def _need(method: str, want: str, path: str) -> None:

@@ -16,7 +16,18 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from ..errors import BushuError
 from . import service
 from .manager import ModelManager
-from .protocol import DATATYPES, InferRequest, ProtocolError, RequestedOutput, datatype_of, deserialize_bytes, serialize_bytes
+from .protocol import (
+    DATATYPES,
+    InferRequest,
+    ProtocolError,
+    RequestedOutput,
+    datatype_of,
+    deserialize_bytes,
+    need_shm,
+    requested_shm,
+    serialize_bytes,
+)
+from .shm import SharedMemory
 
 log = logging.getLogger("bushu.serve")
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
@@ -29,19 +40,29 @@ def _param(p):
     return getattr(p, kind) if kind else None
 
 
-def decode(request) -> InferRequest:
-    """A ``ModelInferRequest`` as an :class:`InferRequest` (raw contents as zero-copy views)."""
+def decode(request, shm=None) -> InferRequest:
+    """A ``ModelInferRequest`` as an :class:`InferRequest` (raw contents as zero-copy views; inputs that name a
+    system shared-memory region read from ``shm``, as in Triton, without a raw_input_contents entry)."""
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise ProtocolError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: send one per input")
+    in_shm = [{k: _param(v) for k, v in t.parameters.items()} if "shared_memory_region" in t.parameters else None
+              for t in request.inputs]
+    n_raw = sum(p is None for p in in_shm)
+    if raw and len(raw) != n_raw:
+        raise ProtocolError(f"{len(raw)} raw_input_contents for {n_raw} inputs not in shared memory: send one per "
+                            "input")
     inputs = {}
-    for i, t in enumerate(request.inputs):
+    i = -1
+    for t, shm_params in zip(request.inputs, in_shm):
         if t.datatype not in DATATYPES:
             raise ProtocolError(f"input '{t.name}': unknown datatype {t.datatype!r}: use one of {', '.join(DATATYPES)}")
         dt, shape = DATATYPES[t.datatype], tuple(t.shape)
         if any(d < 0 for d in shape):
             raise ProtocolError(f"input '{t.name}': shape {list(shape)} has a negative dimension")
         count = int(np.prod(shape, dtype=np.int64))
+        if shm_params is not None:
+            inputs[t.name] = need_shm(shm).input(t.name, t.datatype, shape, shm_params)
+            continue
+        i += 1
         if raw:
             if t.datatype == "BYTES":
                 arr = deserialize_bytes(raw[i], count, t.name)
@@ -64,10 +85,25 @@ def decode(request) -> InferRequest:
         outputs = []
         for o in request.outputs:
             key = "classification" if "classification" in o.parameters else "class_count"
-            cc = _param(o.parameters[key]) if key in o.parameters else 0
-            outputs.append(RequestedOutput(o.name, True, int(cc or 0)))
+            cc = int((_param(o.parameters[key]) if key in o.parameters else 0) or 0)
+            params = {k: _param(v) for k, v in o.parameters.items()}
+            outputs.append(RequestedOutput(o.name, True, cc, requested_shm(shm, o.name, params, cc)))
     params = {k: _param(v) for k, v in request.parameters.items()}
     return InferRequest(inputs, outputs, request.id, params)
+
+
+def _auth(context) -> str | None:
+    return dict(context.invocation_metadata()).get("authorization")
+
+
+def _peer_host(context) -> str | None:
+    """The client's address from gRPC's peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``)."""
+    peer = context.peer() if hasattr(context, "peer") else ""
+    if peer.startswith("ipv4:"):
+        return peer[5:].rsplit(":", 1)[0]
+    if peer.startswith("ipv6:"):
+        return peer[5:].rsplit(":", 1)[0].strip("[]")
+    return None
 
 
 _CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -77,10 +113,12 @@ _CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENI
 class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The ``GRPCInferenceService`` methods (async; grpc.aio); the rest answer UNIMPLEMENTED."""
 
-    def __init__(self, manager: ModelManager, *, model_control: bool, token: str | None):
+    def __init__(self, manager: ModelManager, *, model_control: bool, token: str | None,
+                 shm: SharedMemory | None = None):
         self.m = manager
         self.model_control = model_control
         self.token = token
+        self.shm = shm
         self.pb2 = service_pb2
 
     async def _call(self, context, fn, *args):
@@ -108,7 +146,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return self.pb2.ModelReadyResponse(ready=False)
 
     async def ServerMetadata(self, request, context):
-        return self.pb2.ServerMetadataResponse(**service.server_metadata())
+        return self.pb2.ServerMetadataResponse(**service.server_metadata(self.shm is not None))
 
     async def ModelMetadata(self, request, context):
         async def go():
@@ -134,15 +172,57 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         async def go():
-            req = decode(request)
+            shm = None if self.shm is None else self.shm.for_client(_peer_host(context), _auth(context))
+            req = decode(request, shm)
             res = await service.infer(self.m, request.model_name, request.model_version, req)
             out = self.pb2.ModelInferResponse(model_name=res.model, model_version=res.version, id=request.id)
             for name, arr in res.outputs.items():
                 dt = datatype_of(arr.dtype)
                 out.outputs.add(name=name, datatype=dt, shape=list(arr.shape))
-                out.raw_output_contents.append(serialize_bytes(arr) if dt == "BYTES" else np.ascontiguousarray(arr).tobytes())
+                # one raw_output_contents per output, empty for one in shared memory (as Triton answers)
+                out.raw_output_contents.append(b"" if name in res.in_shm else serialize_bytes(arr) if dt == "BYTES"
+                                               else np.ascontiguousarray(arr).tobytes())
             return out
         return await self._call(context, go)
+
+    # Triton's system shared-memory extension (shm.py); CUDA shared memory is not supported
+    def _regions(self, context) -> SharedMemory:
+        if self.shm is None:
+            raise ProtocolError("system shared memory is not enabled on this server: send the tensors in the request")
+        self.shm.check_client(_peer_host(context), _auth(context))
+        return self.shm
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        async def go():
+            R = self.pb2.SystemSharedMemoryStatusResponse
+            return R(regions={r["name"]: R.RegionStatus(**r) for r in self._regions(context).status(request.name)})
+        return await self._call(context, go)
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        async def go():
+            self._regions(context).register(request.name, request.key, request.offset, request.byte_size)
+            return self.pb2.SystemSharedMemoryRegisterResponse()
+        return await self._call(context, go)
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        async def go():
+            self._regions(context).unregister(request.name)
+            return self.pb2.SystemSharedMemoryUnregisterResponse()
+        return await self._call(context, go)
+
+    async def _no_cuda(self, context):
+        async def go():
+            raise ProtocolError("CUDA shared memory is not supported (bushu serves on CPU): use system shared memory")
+        return await self._call(context, go)
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        return await self._no_cuda(context)
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        return await self._no_cuda(context)
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        return await self._no_cuda(context)
 
     async def RepositoryIndex(self, request, context):
         M = self.pb2.RepositoryIndexResponse.ModelIndex
@@ -204,12 +284,12 @@ async def invoke(servicer: Servicer, method: str, request: bytes, metadata=()) -
 
 
 async def start(manager: ModelManager, host: str, port: int, *, model_control: bool, token: str | None,
-                max_message_bytes: int):
+                max_message_bytes: int, shm: SharedMemory | None = None):
     """Start the gRPC server on the running loop; returns ``(server, bound port)``."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
                                       ("grpc.max_send_message_length", max_message_bytes)])
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(manager, model_control=model_control, token=token),
-                                                       server)
+    servicer = Servicer(manager, model_control=model_control, token=token, shm=shm)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound and port:
         raise BushuError(f"can't listen for gRPC on {host}:{port}: pick another --grpc-port")

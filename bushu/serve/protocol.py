@@ -59,6 +59,7 @@ class RequestedOutput:
     name: str
     binary: bool | None = None  # None: follow the request's binary_data_output
     class_count: int = 0
+    shm: memoryview | None = None  # written into this system shared memory instead (shm.py)
 
 
 @dataclasses.dataclass(slots=True)
@@ -142,8 +143,9 @@ def _parameters(obj, where: str) -> dict:
     return p
 
 
-def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Decode an HTTP infer request body (JSON, optionally followed by binary tensor data)."""
+def decode_request(body: bytes, header_length: int | None = None, shm=None) -> InferRequest:
+    """Decode an HTTP infer request body (JSON, optionally followed by binary tensor data). ``shm`` (a
+    :class:`~bushu.serve.shm.SharedMemory`) resolves tensors that name a system shared-memory region."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
@@ -166,8 +168,11 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         if datatype not in DATATYPES:
             raise ProtocolError(f"input '{name}': unknown datatype {datatype!r}: use one of {', '.join(DATATYPES)}")
         shape = _shape(t.get("shape"), name)
-        size = _parameters(t, f"input '{name}'").get("binary_data_size")
-        if size is not None:
+        params = _parameters(t, f"input '{name}'")
+        size = params.get("binary_data_size")
+        if "shared_memory_region" in params:
+            arr = need_shm(shm).input(name, datatype, shape, params)
+        elif size is not None:
             if not isinstance(size, int) or size < 0 or pos + size > len(binary):
                 raise ProtocolError(f"input '{name}': binary_data_size {size!r} runs past the {len(binary)} bytes of "
                                     f"binary data ({pos} already used)")
@@ -204,9 +209,26 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
             class_count = p.get("classification", p.get("class_count", 0))  # tritonclient sends "classification"
             if not isinstance(class_count, int) or class_count < 0:
                 raise ProtocolError(f"output '{o['name']}': class_count must be a non-negative integer")
-            outputs.append(RequestedOutput(o["name"], None if binary_flag is None else bool(binary_flag), class_count))
+            target = requested_shm(shm, o["name"], p, class_count)
+            outputs.append(RequestedOutput(o["name"], None if binary_flag is None else bool(binary_flag), class_count,
+                                           target))
     rid = req.get("id", "")
     return InferRequest(inputs, outputs, rid if isinstance(rid, str) else str(rid), _parameters(req, "request"))
+
+
+def need_shm(shm):
+    if shm is None:
+        raise ProtocolError("system shared memory is not enabled on this server: send the tensors in the request")
+    return shm
+
+
+def requested_shm(shm, name: str, params: Mapping, class_count: int) -> memoryview | None:
+    """Where a requested output goes when its parameters name a shared-memory region (else None)."""
+    if "shared_memory_region" not in params:
+        return None
+    if class_count:
+        raise ProtocolError(f"output '{name}': shared memory can't be set on a classification output")
+    return need_shm(shm).output(name, params)
 
 
 def classify(arr: np.ndarray, k: int, batched: bool) -> np.ndarray:
@@ -227,14 +249,18 @@ def _json_data(arr: np.ndarray):
 
 
 def encode_response_parts(model: str, version: str, request_id: str, outputs: Mapping[str, np.ndarray],
-                          binary: Mapping[str, bool], parameters: Mapping | None = None) -> tuple[list, int | None]:
+                          binary: Mapping[str, bool], parameters: Mapping | None = None,
+                          in_shm: frozenset = frozenset()) -> tuple[list, int | None]:
     """The response body as a list of buffers to send one after the other -- the JSON header, then each binary
     output as a byte view of its array (not copied) -- and, when any output is binary, the JSON header's length
-    (for ``Inference-Header-Content-Length``). ``binary`` says per output whether it goes as binary data."""
+    (for ``Inference-Header-Content-Length``). ``binary`` says per output whether it goes as binary data; outputs in
+    ``in_shm`` were written to shared memory and go with their datatype and shape only (as Triton answers)."""
     tensors, chunks = [], []
     for name, arr in outputs.items():
         t = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
-        if binary.get(name):
+        if name in in_shm:
+            pass
+        elif binary.get(name):
             raw = serialize_bytes(arr) if t["datatype"] == "BYTES" else \
                 memoryview(np.ascontiguousarray(arr).reshape(-1)).cast("B")
             t["parameters"] = {"binary_data_size": len(raw)}

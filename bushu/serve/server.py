@@ -22,6 +22,7 @@ from .app import HttpApp, HttpOptions
 from .config import ModelDefaults
 from .manager import ModelManager
 from .repository import Repository
+from .shm import SharedMemory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,7 @@ class ServeOptions:
     poll_s: float | None = None
     model_control: bool = False
     token: str | None = None
+    shared_memory_remote: bool = False  # system shared memory for clients beyond loopback too
     max_body_bytes: int = 64 * 2**20
     drain_s: float = 30.0
     defaults: ModelDefaults = ModelDefaults()
@@ -66,6 +68,9 @@ def check_options(o: ServeOptions) -> None:
     if o.model_control and not is_loopback(o.host) and not o.token:
         raise BushuError(f"--allow-model-control on {o.host} (beyond loopback) needs a bearer token: add --token "
                          "SECRET (or set BUSHU_SERVE_TOKEN)")
+    if o.shared_memory_remote and not is_loopback(o.host) and not o.token:
+        raise BushuError(f"--allow-shared-memory on {o.host} (beyond loopback) needs a bearer token: add --token "
+                         "SECRET (or set BUSHU_SERVE_TOKEN)")
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -95,6 +100,7 @@ class Server:
         self.options = options
         self.repository = Repository(repository, options.defaults)
         self.manager = ModelManager(self.repository, options.defaults)
+        self.shm = SharedMemory(allow_remote=options.shared_memory_remote, token=options.token)
         self._tasks: list[asyncio.Task] = []
         self._grpc = None
         self.endpoints: Endpoints | None = None
@@ -122,7 +128,8 @@ class Server:
                 from . import grpc_server
 
                 self._grpc, port = await grpc_server.start(self.manager, o.host, o.grpc_port, model_control=o.model_control,
-                                                           token=o.token, max_message_bytes=o.max_body_bytes)
+                                                           token=o.token, max_message_bytes=o.max_body_bytes,
+                                                           shm=self.shm)
                 grpc_addr = _url(o.host, port)
             if o.poll_s:
                 self._tasks.append(asyncio.get_running_loop().create_task(self.manager.poll(o.poll_s)))
@@ -136,10 +143,11 @@ class Server:
             if self._grpc is not None:
                 await self._grpc.stop(grace=o.drain_s)
             await self.manager.close()
+            self.shm.close()
 
         app = HttpApp(self.manager, HttpOptions(o.max_body_bytes, o.model_control, o.token,
                                                 frozenset({metrics_port}) if metrics_port else frozenset()),
-                      on_startup=[startup], on_shutdown=[shutdown])
+                      on_startup=[startup], on_shutdown=[shutdown], shm=self.shm)
         loop = httpd.new_event_loop()
         try:
             loop.run_until_complete(httpd.serve(app, socks, max_body_bytes=o.max_body_bytes, drain_s=o.drain_s,

@@ -16,8 +16,10 @@ from .. import __version__
 from .config import config_json
 from .manager import LoadedVersion, ModelManager
 from .protocol import InferRequest, ProtocolError, RequestedOutput, classify
+from .shm import write_output
 
-# Only what is implemented (DESIGN.md: advertise only the extensions you implement).
+# Only what is implemented (DESIGN.md: advertise only the extensions you implement); system_shared_memory where
+# the server has a region registry (not under --ray, whose replicas run in other processes).
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "parameters",
               "schedule_policy", "sequence", "statistics"]
 
@@ -28,10 +30,12 @@ class InferResult:
     version: str
     outputs: dict[str, np.ndarray]  # in the order to send, after classification
     binary: dict[str, bool]  # per output: send as binary data
+    in_shm: frozenset = frozenset()  # outputs written to system shared memory (sent as datatype and shape only)
 
 
-def server_metadata() -> dict:
-    return {"name": "bushu", "version": __version__, "extensions": EXTENSIONS}
+def server_metadata(shared_memory: bool = False) -> dict:
+    ext = sorted(EXTENSIONS + ["system_shared_memory"]) if shared_memory else EXTENSIONS
+    return {"name": "bushu", "version": __version__, "extensions": ext}
 
 
 def model_config(manager: ModelManager, name: str, version: str = "") -> dict:
@@ -51,12 +55,15 @@ def model_stats(manager: ModelManager, name: str = "", version: str = "") -> dic
 def _select(lv: LoadedVersion, req: InferRequest, outs: dict[str, np.ndarray]) -> InferResult:
     wanted = req.outputs if req.outputs is not None else [RequestedOutput(n) for n in lv.model.outputs]
     batched = lv.model.batching
-    selected, binary = {}, {}
+    selected, binary, in_shm = {}, {}, set()
     for o in wanted:
         arr = outs[o.name]
         selected[o.name] = classify(arr, o.class_count, batched) if o.class_count else arr
         binary[o.name] = o.binary if o.binary is not None else req.binary_output
-    return InferResult(lv.model.name, lv.model.version, selected, binary)
+        if o.shm is not None:
+            write_output(o.shm, o.name, arr)
+            in_shm.add(o.name)
+    return InferResult(lv.model.name, lv.model.version, selected, binary, frozenset(in_shm))
 
 
 async def infer(manager: ModelManager, name: str, version: str, req: InferRequest) -> InferResult:
