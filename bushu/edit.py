@@ -1,8 +1,10 @@
-"""``bushu.edit``: graph surgery — static or renamed dims, opset conversion, subgraph extraction, renaming.
+"""``bushu.edit``: graph surgery — static or renamed dims, inputs bound to values, opset conversion, subgraph
+extraction, renaming.
 
 Each edit that keeps the model's meaning is verified on ONNX Runtime like a pass: fixing dims and converting the
 opset must give the same outputs on feeds of the fixed shape; an extracted subgraph must give the values the full
-model computes at those tensors (fed with the full model's values at the new inputs). Renaming is checked by name.
+model computes at those tensors (fed with the full model's values at the new inputs); binding an input must give
+the outputs the model gives with that input fed the value. Renaming is checked by name.
 """
 
 from __future__ import annotations
@@ -98,6 +100,41 @@ def set_dims(model: ir.Model, shapes: Mapping[str, object]) -> list[str]:
     return done
 
 
+def bind(model: ir.Model, values: Mapping[str, object]) -> list[str]:
+    """Replace inputs by initializers: ``{"sr": 16000}`` makes input ``sr`` a constant of its type and shape (a
+    number fills a static shape; an array must have the input's shape). The passes then fold what depends on it,
+    e.g. an If on ``sr == 16000`` (``inline-constant-if``). Returns what was done."""
+    by_name = {v.name: v for v in model.graph.inputs}
+    done = []
+    for name, value in values.items():
+        if name not in by_name:
+            raise BushuError(f"--bind {name}: no such input (inputs: {', '.join(sorted(by_name))})")
+        v = by_name[name]
+        if v.dtype is None or v.shape is None:
+            raise BushuError(f"--bind {name}: the input's type or shape is unknown: give it with --shape first")
+        array = np.asarray(value)
+        if array.ndim == 0 and len(v.shape) > 0:
+            dims = tuple(v.shape)
+            if not all(isinstance(d, int) for d in dims):
+                raise BushuError(f"--bind {name}: its shape {v.shape} has symbolic dims: fix them (--shape, --dim) "
+                                 "or bind an array (.npy) of the full shape")
+            array = np.full(dims, array)
+        typed = array.astype(v.dtype.numpy())
+        if typed.dtype.kind in "iub" and not np.array_equal(typed, array):
+            raise BushuError(f"--bind {name}={value}: not a value of the input's type {v.dtype}")
+        array = typed
+        dims = tuple(v.shape)
+        if array.ndim != len(dims) or any(isinstance(d, int) and d != n for d, n in zip(dims, array.shape)):
+            raise BushuError(f"--bind {name}: a value of shape {array.shape} doesn't fit the input's {v.shape}")
+        model.graph.inputs.remove(v)
+        v.const_value = ir.tensor(array, name=name)
+        v.shape = ir.Shape(array.shape)
+        model.graph.register_initializer(v)
+        done.append(f"{name} bound to {value if array.ndim == 0 else f'an array {array.shape}'}")
+    _retype(model)
+    return done
+
+
 def rename(model: ir.Model, names: Mapping[str, str]) -> list[str]:
     """Rename graph inputs/outputs ``old -> new``."""
     io = {v.name: v for v in [*model.graph.inputs, *model.graph.outputs]}
@@ -177,6 +214,7 @@ def edit(
     output: str | os.PathLike | None = None,
     *,
     shapes: Mapping[str, object] | None = None,
+    bind_inputs: Mapping[str, object] | None = None,
     opset: int | None = None,
     inputs: Sequence[str] | None = None,
     outputs: Sequence[str] | None = None,
@@ -186,7 +224,7 @@ def edit(
     force: bool = False,
     **synth,
 ) -> tuple[ir.Model, EditResult]:
-    """Apply the edits given (in the order dims, opset, extraction, renaming) to a copy of ``model`` that shares
+    """Apply the edits given (in the order dims, bound inputs, opset, extraction, renaming) to a copy of ``model`` that shares
     its weights; verify each one that keeps semantics; save to ``output`` when given."""
     src = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
     source = bir.source_path(src)
@@ -200,6 +238,17 @@ def edit(
             feeds = make_feeds(work, samples=2, **synth)
             failed = _check_same(src, work, feeds, tol, "static shapes")
             checks.append("fixed dims: outputs unchanged on feeds of the new shape")
+    if bind_inputs and failed is None:
+        before = work.clone()
+        before.meta.update(src.meta)  # the zoo's feed shapes for a zoo model (a clone has no meta)
+        done += bind(work, bind_inputs)
+        if verify:
+            feeds = make_feeds(before, samples=2, **synth)
+            for f in feeds:  # the bound inputs fed the values they were bound to
+                f.update({k: np.asarray(v.const_value.numpy()) for k, v in work.graph.initializers.items()
+                          if k in bind_inputs})
+            failed = _check_same(before, work, feeds, tol, "bound inputs")
+            checks.append("bound inputs: outputs equal the model's fed those values")
     if opset is not None and failed is None:
         converted = bir.convert_opset(work, opset)
         done.append(f"opset {work.opset_imports.get('', 1)} -> {opset}")

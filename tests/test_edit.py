@@ -60,3 +60,33 @@ def test_cli(cli, ppocr_cls, tmp_path):
     assert m.graph.inputs[0].name == "image"
     feed = {"image": np.random.default_rng(0).random((1, 3, 48, 192), dtype=np.float32)}
     assert next(iter(run_ort(m, [feed])[0].values())).shape[0] == 1
+
+
+def test_bind_then_optimize_inlines_silero_vads_if(silero_vad, tmp_path, cli):
+    """--bind sr=16000 makes sr a constant; optimize folds sr == 16000 and inline-constant-if replaces the Ifs by
+    the 16 kHz branch: the same outputs as the original fed sr=16000, with no If left."""
+    bound = tmp_path / "vad16k.onnx"
+    r = cli("edit", silero_vad, "-o", bound, "--bind", "sr=16000")
+    assert r.returncode == 0, r.stderr
+    assert "bound inputs" in r.stdout
+    m = bushu.load(bound)
+    assert [v.name for v in m.graph.inputs] == ["input", "state"] and "sr" in m.graph.initializers
+    opt, res = bushu.optimize(m, static_shapes={"input": (1, 512), "state": (2, 1, 128)}, verify="end",
+                              latency=False, show_progress=False)
+    assert res and res.fired["inline-constant-if"] >= 1, res.render()
+    assert not any(n.op_type == "If" for n in opt.graph) and len(opt.graph) < 60
+    rng = np.random.default_rng(3)
+    feed = {"input": rng.standard_normal((1, 512), dtype=np.float32) * 0.1,
+            "state": rng.standard_normal((2, 1, 128), dtype=np.float32) * 0.1}
+    (want,), (got,) = run_ort(bushu.load(silero_vad), [{**feed, "sr": np.array(16000)}]), run_ort(opt, [feed])
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bad_bind(silero_vad, tmp_path, cli):
+    with pytest.raises(bushu.BushuError, match="no such input"):
+        bushu.edit(silero_vad, tmp_path / "x.onnx", bind_inputs={"rate": 16000})
+    with pytest.raises(bushu.BushuError, match="not a value of the input's type INT64"):
+        bushu.edit(silero_vad, tmp_path / "x.onnx", bind_inputs={"sr": 1.5})
+    r = cli("edit", silero_vad, "-o", tmp_path / "x.onnx", "--bind", "sr=fast")
+    assert r.returncode == 2 and "NAME=NUMBER" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -212,3 +212,29 @@ def test_fold_shape_facts_equal_and_where_on_dims():
     assert sorted(ops(after)) == ["Concat", "Gather", "Gather", "Not", "Shape", "Unsqueeze", "Unsqueeze"]
     assert result.fired["fold-shape-facts"] == 2  # the Equal to a constant, the Where to a Concat
     same_outputs(before, after)
+
+
+def test_inline_constant_if_renames_branch_values_and_inlines_nested_ifs():
+    before, after, result = optimize("""
+    g (float[N, 4] x, bool d) => (float[N, 4] y, float[N, 4] z, float[N, 4] w) {
+      c = Constant <value = bool {1}> ()
+      y, z = If (c) <then_branch = t () => (float[N, 4] a, float[N, 4] b) {
+                         tmp = Relu (x)
+                         a = Mul (tmp, tmp)
+                         k = Constant <value = bool {0}> ()
+                         b = If (k) <then_branch = t3 () => (float[N, 4] p) { p = Neg (tmp) },
+                                     else_branch = e3 () => (float[N, 4] q) { q = Abs (tmp) }> },
+                     else_branch = e () => (float[N, 4] a2, float[N, 4] b2) { a2 = Neg (x)
+                                                                              b2 = Abs (x) }>
+      w = If (d) <then_branch = t2 () => (float[N, 4] o2) { tmp = Sigmoid (y)
+                                                           o2 = Add (tmp, z) },
+                  else_branch = e2 () => (float[N, 4] o3) { o3 = Neg (z) }>
+    }""", "inline-constant-if", "dead-code", values={"d": 1})
+    assert result.fired["inline-constant-if"] == 2  # the outer If, then the nested one it brought in
+    assert ops(after) == ["Relu", "Mul", "Abs", "If"]
+    relu, mul, ab, if_ = after.graph
+    assert relu.outputs[0].name != "tmp"  # the sibling body's 'tmp' keeps its name; the inlined one is renamed
+    assert [mul.outputs[0].name, ab.outputs[0].name] == ["y", "z"] and ab.inputs[0] is relu.outputs[0]
+    assert [n.outputs[0].name for n in if_.attributes["then_branch"].as_graph()] == ["tmp", "o2"]
+    for d in (0, 1):
+        same_outputs(before, after, values={"d": d})

@@ -33,7 +33,7 @@ from .verify import DEFAULT_TOL, Verifier, first_divergent_node, make_feeds
 
 __all__ = ["OptimizeResult", "check_model", "optimize"]
 
-MAX_ROUNDS = 4
+MAX_ROUNDS = 6  # silero VAD with sr bound: nested Ifs inline one level per round (fold, then inline)
 VERIFY_EACH_LIMIT = 1 << 30  # bytes of weights; above it each pass would cost a full ORT load, so verify at the end
 
 

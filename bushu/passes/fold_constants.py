@@ -5,7 +5,8 @@ initializers that are not graph inputs), and turns ``Shape`` of a value with sta
 Shape/Gather/Unsqueeze/Concat/Reshape chains on static dims collapse. Two caps keep folding from inflating the
 file: ``ConstantOfShape``/``Expand``/``Tile`` fold only when their result is tiny (``EXPANSION_LIMIT``), and any
 other result above ``PassOptions.fold_size_limit`` elements stays computed unless it replaces at least as many
-constant elements. Each fold a cap refused is noted.
+constant elements. Each fold a cap refused is noted. An ``If`` with a constant condition is left to
+inline-constant-if (onnxscript's folder would inline it renaming only the branch outputs).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
 from ._rewire import const, static_shape
+from .inline_if import taken_branch
 from .registry import PassContext, graphs, register
 
 _LOGGER = "onnxscript.optimizer._constant_folding"
@@ -66,6 +68,19 @@ def _should_fold(ctx: PassContext):
     return decide
 
 
+class _Folder(_constant_folding.FoldConstantsPass):
+    """onnxscript's folder without its If inlining (:mod:`.inline_if` does it, renaming branch values). The bodies
+    of an If whose condition is constant are not folded either: the branch not taken may be invalid for the bound
+    values (silero VAD's 8 kHz branch at 16 kHz shapes), and is dropped by the inlining that follows."""
+
+    def visit_node(self, node: ir.Node, root) -> None:
+        if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
+            super().visit_node(node, root)
+        elif taken_branch(node) is None:
+            for attr in node.attributes.values():
+                self.visit_attribute(attr)
+
+
 def _node_count(model: ir.Model) -> int:
     return sum(len(g) for g in graphs(model))
 
@@ -80,13 +95,12 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     logger.propagate = False  # the folder's debug chatter is not for the user's terminal
     before = _node_count(model)
     try:
-        result = _constant_folding.fold_constants(
-            model,
-            onnx_shape_inference=False,
+        result = _Folder(
+            shape_inference=False,
             input_size_limit=ctx.options.fold_size_limit,
             output_size_limit=ctx.options.fold_size_limit,
             should_fold=_should_fold(ctx),
-        )
+        )(model)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)

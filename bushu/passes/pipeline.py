@@ -13,6 +13,8 @@ from . import registry
 CLEANUP = [
     "shape-inference",
     "fold-constants",
+    # NOTE: after fold-constants, which evaluates the conditions (e.g. sr == 16000 once sr is bound) but leaves Ifs.
+    "inline-constant-if",
     # NOTE: after fold-constants, which leaves the shape vectors as Concats of dims and constants.
     "fold-shape-facts",
     "eliminate-no-ops",

@@ -57,7 +57,7 @@ class PassInfo:
 
 _PASSES: dict[str, PassInfo] = {}
 _MODULES = [
-    "shape_inference", "fold_constants", "no_ops", "no_op_shapes", "dead_code", "cse", "dedup_initializers",
+    "shape_inference", "fold_constants", "inline_if", "no_ops", "no_op_shapes", "dead_code", "cse", "dedup_initializers",
     "lift_constants", "fold_batchnorm", "fold_conv_affine", "fold_pad", "matmul_to_gemm", "reshape_chain",
     "constant_chains", "shape_facts", "ort_shapes",
 ]
