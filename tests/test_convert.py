@@ -358,3 +358,22 @@ def test_one_step_lstm_is_unrolled():
     # a sequence longer than one step is left alone
     proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     assert unroll_lstm_step(ir.from_proto(proto)) == 0
+
+
+def test_table_lookups_are_clipped_for_pnnx(minilm_onnx):
+    """pnnx runs ORT on input tensors it never fills: an embedding lookup then reads a garbage index (MiniLM's
+    token-type table has 2 rows). A Clip to the table changes no valid index."""
+    from bushu.convert.pnnx_prep import clip_gather_indices
+
+    m = bushu.load(minilm_onnx)
+    feed = {k: v for k, v in zip(("input_ids", "attention_mask", "token_type_ids"),
+                                 (np.array([[101, 7592, 2088, 102, 2045]]), np.ones((1, 5), np.int64),
+                                  np.array([[0, 0, 0, 1, 1]])))}
+    want = open_session(m, "ort").run(feed)
+    assert clip_gather_indices(m) == 3  # word, token-type and position tables
+    clips = [n for n in m.graph if n.op_type == "Clip" and n.name.endswith("_in_range")]
+    bounds = sorted((int(n.inputs[1].const_value.numpy()), int(n.inputs[2].const_value.numpy())) for n in clips)
+    assert bounds == [(-30522, 30521), (-512, 511), (-2, 1)]
+    got = open_session(m, "ort").run(feed)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])

@@ -20,5 +20,9 @@ class ConversionError(BushuError):
 
 
 def last_lines(text: str, n: int = 1) -> str:
+    """The last ``n`` non-empty lines of a converter's log, terminal colour codes taken out."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " / ".join(lines[-n:]) if lines else "no message"

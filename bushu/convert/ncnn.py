@@ -124,8 +124,8 @@ def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes:
             values: Mapping | None = None) -> list[Path]:
     """Convert ``onnx_path`` into ``out_dir`` (see the module docstring); raises :class:`ConversionError`.
 
-    The model goes to pnnx as it is; when it has scalar inputs, or pnnx leaves layers ncnn can't run, it goes
-    again after :func:`bushu.convert.pnnx_prep.prepare` (scalars bound from ``values``, batch 1, constants
+    The model goes to pnnx as it is; when it has scalar inputs, or pnnx fails or leaves layers ncnn can't run, it
+    goes again after :func:`bushu.convert.pnnx_prep.prepare` (scalars bound from ``values``, batch 1, constants
     folded). The error then names what is left after both tries.
     """
     import json
@@ -133,12 +133,12 @@ def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes:
     from .pnnx_prep import prepare, scalar_inputs
 
     require("pnnx", extra="ncnn", feature="conversion to ncnn")
+    first = ""
     if not scalar_inputs(specs):
         try:
             return _pnnx(onnx_path, out_dir, specs, shapes)
-        except ConversionError as e:
-            if not e.unsupported:
-                raise
+        except ConversionError as e:  # unsupported layers, or pnnx itself failed (MiniLM: see pnnx_prep item 8)
+            first = "" if e.unsupported else f"; as exported, pnnx failed: {last_lines(e.log)}"
     prepared = out_dir / "prepared.onnx"
     try:
         new_specs, bound, note, layout = prepare(onnx_path, prepared, values)
@@ -146,7 +146,7 @@ def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes:
         try:
             files = _pnnx(prepared, out_dir, new_specs, {**(shapes or {}), **moved} if moved else shapes)
         except ConversionError as e:
-            raise ConversionError("ncnn", f"{e.converter_message}, also after bushu's preparation ({note})",
+            raise ConversionError("ncnn", f"{e.converter_message}, also after bushu's preparation ({note}){first}",
                                   e.unsupported, log=e.log) from None
     finally:
         prepared.unlink(missing_ok=True)

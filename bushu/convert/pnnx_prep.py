@@ -27,6 +27,12 @@ has no kernel for. ncnn has no batch dim anyway (a batch runs item by item), so 
    ``torch.unbind`` ncnn can't run. The changed shapes are returned (``layout``) and the ncnn session reshapes
    feeds and outputs between them (batch 1 only).
 
+8. a ``Gather`` of a constant table by computed indices (an embedding lookup: BERT's word, position and
+   token-type tables) gets ``Clip(indices, -n, n-1)`` in front. pnnx runs the model once on ONNX Runtime to learn
+   its shapes, on input tensors it allocates and never fills: MiniLM's token-type table has 2 rows, ORT refused
+   the garbage index and pnnx crashed. The clip changes no valid index (``-n…n-1`` is what ``Gather`` accepts);
+   the converted model clamps an out-of-range index where ONNX Runtime refuses it.
+
 The other dims stay as they were, so pnnx still sees them dynamic where they are.
 """
 
@@ -83,6 +89,28 @@ def gather_as_reshape(model: ir.Model) -> int:
         new.name, new.shape, new.type = name, out.shape, out.type
         out.replace_all_uses_with(new, replace_graph_outputs=True)
         model.graph.remove(node, safe=True)
+        done += 1
+    return done
+
+
+def clip_gather_indices(model: ir.Model) -> int:
+    """Put ``Clip(indices, -n, n-1)`` before each ``Gather`` of a constant table by non-constant integer indices
+    (``n`` the table's size along the axis); returns how many (see item 8 of the module docstring)."""
+    done = 0
+    for node in list(model.graph):
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        data, idx = node.inputs
+        if data is None or idx is None or data.const_value is None or idx.const_value is not None \
+                or idx.dtype not in (ir.DataType.INT64, ir.DataType.INT32):
+            continue
+        n = data.const_value.shape[node.attributes.get_int("axis", 0)]
+        base = node.name or f"gather_{done}"
+        lo = _const(model, np.asarray(-n, idx.dtype.numpy()), f"{base}_min")
+        hi = _const(model, np.asarray(n - 1, idx.dtype.numpy()), f"{base}_max")
+        clip = ir.node("Clip", [idx, lo, hi], name=f"{base}_in_range")
+        model.graph.insert_before(node, clip)
+        node.replace_input_with(1, clip.outputs[0])
         done += 1
     return done
 
@@ -278,6 +306,7 @@ def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None
     if lstms:  # the unrolled state arithmetic is left for pnnx; dead LSTM outputs go
         model, _ = optimize(model, level="basic", verify="off", latency=False, show_progress=False)
     layout = batch_first(model)
+    clipped = clip_gather_indices(model)
     bir.save(model, out_path, force=True)
     specs, _ = model_specs(model)
     what = [f"bound {', '.join(f'{k}={v:g}' for k, v in bound.items())}" if bound else "",
@@ -285,6 +314,7 @@ def prepare(onnx_path: Path, out_path: Path, values: Mapping[str, object] | None
             f"{gathers} Gather(0…n-1) as Reshape" if gathers else "",
             f"{softmaxes} Flatten-Softmax-Reshape as Softmax" if softmaxes else "",
             f"{lstms} one-step LSTM unrolled" if lstms else "",
+            f"{clipped} table lookup(s) clipped to the table" if clipped else "",
             f"batch first: {', '.join([*layout['inputs'], *layout['outputs']])}"
             if layout["inputs"] or layout["outputs"] else ""]
     return specs, bound, "; ".join(w for w in what if w), layout
