@@ -135,3 +135,13 @@ def test_calibration_keeps_observers_without_the_heldout_feeds():
     np.testing.assert_array_equal(a.hist, whole.hist)  # every feed, bin for bin
     assert (fit.max, fit.count) == (rest.max, rest.count) and fit.max < a.max  # the x10 held-out feeds left out
     assert calibrate(model, ["a"], feeds, show_progress=False).fit_observers is None
+
+
+def test_engine_check_tolerance_separates_wrong_engines_from_rounding_differences():
+    """bushu.quant.verify.far_beyond on the bench's measured pairs (target engine dB, ONNX Runtime dB, same file)."""
+    from bushu.quant.verify import far_beyond
+
+    wrong = [(0.06, 16.5), (2.6, 38.7), (3.0, 16.1), (float("nan"), 20.0)]  # det, digits ORT placement, NNCF digits
+    right = [(16.7, 16.6), (45.3, 47.8), (35.8, 35.8), (50.0, 60.0), (12.0, 15.0)]  # 8-bit rounding level, 60 vs 50 dB
+    assert all(far_beyond(t, r) for t, r in wrong)
+    assert not any(far_beyond(t, r) for t, r in right)
