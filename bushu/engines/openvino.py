@@ -3,7 +3,15 @@
 Options: ``threads`` → ``INFERENCE_NUM_THREADS``; ``opt_level``: ``all`` keeps OpenVINO's defaults (it may trade
 precision for speed where the CPU allows, e.g. bf16 on AMX), any lower level sets ``EXECUTION_MODE_HINT=ACCURACY``
 (OpenVINO has no switch for its graph transformations; this is the closest to "don't change my numbers");
-``shapes`` reshapes the given inputs before compiling; ``profile`` turns on per-layer counters.
+``shapes`` reshapes the given inputs before compiling; ``profile`` turns on per-layer counters; ``values`` binds
+scalar inputs (see below).
+
+Scalar inputs given a value (``EngineOptions.values``, ``--value sr=16000``; bench and profile pass a zoo model's)
+become constants before OpenVINO reads the model (:func:`bushu.edit.bind`), and the optimizer's
+``fold-constants``, ``inline-constant-if`` and ``shape-inference`` passes fold what depends on them. Silero VAD
+needs it: its ``If`` on ``sr`` has branches whose Conv input has no static rank, which OpenVINO's ONNX reader
+refuses; with ``sr`` bound, the If is its taken branch and the model converts. The session then refuses another
+value for that input.
 
 Input and output specs are the ONNX model's own (names, dtypes, symbolic dims); outputs are returned under their
 ONNX names, found among each OpenVINO output's tensor names (OpenVINO may attach several names to one port) and
@@ -49,14 +57,33 @@ def _dims(shape, fallback):
     return tuple(d.get_length() if d.is_static else None for d in shape)
 
 
+def bind_scalars(model: ir.Model, values: Mapping[str, object]) -> tuple[ir.Model, dict[str, object]]:
+    """``model`` with its scalar inputs named in ``values`` made constants and what depends on them folded (a new
+    model; the given one is left as it is), and the values bound. Without such inputs: ``model`` unchanged, ``{}``."""
+    bound = {v.name: values[v.name] for v in model.graph.inputs
+             if v.name in values and v.shape is not None and len(v.shape) == 0}
+    if not bound:
+        return model, {}
+    from ..edit import bind
+    from ..passes import optimize
+
+    copy = ir.from_proto(ir.to_proto(model))
+    bind(copy, bound)
+    folded, _ = optimize(copy, passes=["fold-constants", "inline-constant-if", "shape-inference", "dead-code"],
+                         verify="off", latency=False, show_progress=False)
+    return folded, bound
+
+
 class OpenVinoSession:
     engine = "openvino"
 
-    def __init__(self, compiled, inputs: list[TensorSpec], outputs: list[TensorSpec]):
+    def __init__(self, compiled, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 bound: Mapping[str, object] | None = None):
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         self.inputs = inputs
         self.outputs = outputs
+        self.bound = dict(bound or {})  # scalar inputs made constants: fed values must equal them
         self._port = {}  # ONNX output name -> OpenVINO output port
         ov_outputs = list(compiled.outputs)
         for i, spec in enumerate(outputs):
@@ -68,6 +95,11 @@ class OpenVinoSession:
         unknown = [n for n in names if n not in self._port]
         if unknown:
             raise BushuError(f"unknown output(s) {', '.join(unknown)}: the model's outputs are {', '.join(self._port)}")
+        for name, value in self.bound.items():
+            if name in feeds and not np.all(np.asarray(feeds[name]) == np.asarray(value)):
+                raise BushuError(f"this OpenVINO session was compiled with {name}={value} fixed, but got {name}="
+                                 f"{np.asarray(feeds[name]).ravel()[:1][0]}: open it with values={{'{name}': …}}")
+        feeds = {k: v for k, v in feeds.items() if k not in self.bound}
         try:
             # start_async + wait, not infer(): a synchronous infer runs the graph on the calling (Python) thread,
             # outside the stream's thread arena, and each parallel layer then wakes the arena's workers; on PP-OCR
@@ -115,6 +147,9 @@ class OpenVinoEngine:
 
         m = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
         inputs, outputs = model_specs(m)
+        m, bound = bind_scalars(m, options.values)
+        if bound:
+            model = m
         core = ov.Core()
         with ModelFile(model) as src:
             try:
@@ -139,4 +174,4 @@ class OpenVinoEngine:
             compiled = core.compile_model(ov_model, "CPU", self.config(options))
         except Exception as e:
             raise BushuError(f"OpenVINO could not compile the model: {one_line(str(e))}") from None
-        return OpenVinoSession(compiled, inputs, outputs)
+        return OpenVinoSession(compiled, inputs, outputs, bound)

@@ -61,7 +61,7 @@ def profile(
         feed = dict(inputs) if isinstance(inputs, dict) else load_feeds(inputs, specs)[0]
         check_feed(feed, specs, source=str(inputs) if not isinstance(inputs, dict) else "inputs")
     bound = {k: tuple(np.asarray(v).shape) for k, v in feed.items()}
-    options = EngineOptions(threads=threads, opt_level=opt_level, shapes=bound)
+    options = EngineOptions(threads=threads, opt_level=opt_level, shapes=bound, values=ref.values)
     measured = backend.measure(m, feed, options, warmup_s=warmup_s, budget_s=budget_s)
     costs = {c.name: c for c in node_costs(m, bound) if not c.graph}
     covered = mapping.attribute(m, [k.anchors for k in measured.kernels], renamed_heads=engine in ("openvino", "ov"))

@@ -62,6 +62,8 @@ def floor_session(sess, feed: Mapping[str, np.ndarray], options: EngineOptions):
     outs = sess.run(feed)
     params, results = [], []
     for spec in sess.inputs:
+        if spec.name in sess.bound:  # made a constant of the model (bushu.engines.openvino.bind_scalars)
+            continue
         a = np.asarray(feed[spec.name])
         p = ops.parameter(list(a.shape), ov.Type(a.dtype), name=spec.name)
         p.output(0).get_tensor().set_names({spec.name})
@@ -72,7 +74,7 @@ def floor_session(sess, feed: Mapping[str, np.ndarray], options: EngineOptions):
         results.append(ops.result(c))
     cfg = OpenVinoEngine().config(dataclasses.replace(options, profile=False))
     compiled = ov.Core().compile_model(ov.Model(results, params, "bushu-floor"), "CPU", cfg)
-    return OpenVinoSession(compiled, list(sess.inputs), list(sess.outputs))
+    return OpenVinoSession(compiled, list(sess.inputs), list(sess.outputs), sess.bound)
 
 
 def totals_us(means_us: Mapping[str, int], runs: int) -> dict[str, float]:
