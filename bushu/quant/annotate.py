@@ -39,6 +39,10 @@ execute. Rules, in order:
 * Case 10: on ONNX Runtime a Conv reading the model's ≤ 4-channel input (an image stem) stays in float: its int8
   kernel runs through im2col, slower than the float one (see :class:`~bushu.quant.spec.EnginePreset`).
 
+* Case 11: a Concat's output, and every tensor sharing its range, is stored as ``preset.concat_activations``
+  when the preset names one (OpenVINO: uint8 with zero point 128, the same grid as symmetric int8). OpenVINO 2026.4
+  moves the FakeQuantize after a Concat up onto its inputs and feeds the next Conv wrong values from a signed grid.
+
 Graph outputs are never quantized: the model's results stay in float.
 """
 
@@ -49,7 +53,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from .spec import FOLDABLE_ACTIVATIONS, EnginePreset
+from .spec import FOLDABLE_ACTIVATIONS, EnginePreset, QType
 
 _GATES = frozenset({"HardSigmoid", "Sigmoid"})
 _POOLS = frozenset({"GlobalAveragePool", "ReduceMean"})
@@ -81,6 +85,8 @@ class Plan:
     folded: tuple[str, ...]
     nodes: tuple[str, ...]
     reasons: dict[str, str]
+    # range tensor -> how its Q/DQ stores it, where that differs from the preset's activations (Case 11)
+    qtypes: dict[str, QType] = dataclasses.field(default_factory=dict)
 
     @property
     def observed(self) -> list[str]:
@@ -334,4 +340,8 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
                 if _is_float(out):
                     qparams_of[out.name] = qparams_of[src.name]
             quantized.append(node.name)
-    return Plan(tuple(weights), qparams_of, tuple(folded), tuple(quantized), reasons)
+    qtypes = {}
+    if preset.concat_activations is not None:  # Case 11
+        producers = {o.name: n.op_type for n in graph for o in n.outputs}
+        qtypes = {src: preset.concat_activations for src in set(qparams_of.values()) if producers.get(src) == "Concat"}
+    return Plan(tuple(weights), qparams_of, tuple(folded), tuple(quantized), reasons, qtypes)

@@ -86,7 +86,7 @@ def convert(model: ir.Model, plan: Plan, ranges: dict[str, tuple[float, float]],
         v = values.get(tensor)
         if v is None or not v.uses():
             continue  # the output of a folded activation, or a tensor nobody reads
-        scale, zp = _act_params(ranges[source], act_qt)
+        scale, zp = _act_params(ranges[source], plan.qtypes.get(source, act_qt))
         act_scale[tensor] = scale
         uses = list(v.uses())
         s_v, z_v = b.const(f"{tensor}_scale", scale), b.const(f"{tensor}_zero_point", zp)

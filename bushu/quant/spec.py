@@ -45,6 +45,8 @@ class QType:
 UINT8 = QType("uint8", symmetric=False)
 INT8_SYM = QType("int8", symmetric=True)
 INT8_SYM7 = QType("int8", symmetric=True, bits=7)
+# uint8 with zero point 128: the symmetric int8 grid stored unsigned (what OpenVINO computes right after a Concat).
+UINT8_CENTERED = QType("uint8", symmetric=True)
 
 
 # Ops with weights: their inputs, weights and outputs are quantized.
@@ -92,6 +94,11 @@ class EnginePreset:
     # it through im2col, 2.2× slower than its float kernel (MobileNetV3 stem 553 vs 254 µs), plus an input
     # Quantize and an NHWC Transpose.
     float_stem: bool = False
+    # How a Concat's output (and what shares its range) is stored when it differs from ``activations``. OpenVINO
+    # 2026.4 moves a FakeQuantize after a Concat up onto the Concat's inputs and, with a signed (int8) grid, feeds
+    # the next Conv wrong values (PP-OCRv4 det: output SNR 0.06 dB); the same grid stored as uint8 with zero point
+    # 128 is computed right, as fast (docs/quantize.md, "Engine notes").
+    concat_activations: QType | None = None
 
 
 PRESETS: dict[str, EnginePreset] = {
@@ -100,7 +107,7 @@ PRESETS: dict[str, EnginePreset] = {
     # top-1 0.99 → 0.67, uint8 or asymmetric int8), correct and 1.5× faster than FP32 with zero point 0.
     "openvino": EnginePreset("openvino", activations=INT8_SYM, weights=INT8_SYM, fold_activations=False,
                              post_ops=POST_OPS, affine_post_ops=True, fold_affine=True, hardswish=True,
-                             float_se=True),
+                             float_se=True, concat_activations=UINT8_CENTERED),
 }
 
 
