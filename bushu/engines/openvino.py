@@ -157,15 +157,16 @@ class OpenVinoEngine:
             except Exception as e:
                 raise BushuError(f"OpenVINO could not convert the model: {one_line(str(e))}") from None
         known = {s.name for s in inputs}
-        bad = [n for n in options.shapes if n not in known]
+        shapes = {n: s for n, s in options.shapes.items() if n not in bound}  # a bound input is a constant now
+        bad = [n for n in shapes if n not in known]
         if bad:
             raise BushuError(f"--shape names unknown input(s) {', '.join(bad)}: the inputs are {', '.join(sorted(known))}")
-        if options.shapes:
+        if shapes:
             try:
-                ov_model.reshape({n: ov.PartialShape(list(s)) for n, s in options.shapes.items()})
+                ov_model.reshape({n: ov.PartialShape(list(s)) for n, s in shapes.items()})
             except Exception as e:
-                raise BushuError(f"OpenVINO could not reshape the model to {dict(options.shapes)}: {one_line(str(e))}") from None
-            inputs = [dataclasses.replace(s, shape=tuple(options.shapes[s.name])) if s.name in options.shapes else s
+                raise BushuError(f"OpenVINO could not reshape the model to {dict(shapes)}: {one_line(str(e))}") from None
+            inputs = [dataclasses.replace(s, shape=tuple(shapes[s.name])) if s.name in shapes else s
                       for s in inputs]
             by_name = {o.get_any_name(): o for o in ov_model.outputs}
             outputs = [dataclasses.replace(s, shape=_dims(by_name[s.name].get_partial_shape(), s.shape))

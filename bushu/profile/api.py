@@ -61,6 +61,13 @@ def profile(
         feed = dict(inputs) if isinstance(inputs, dict) else load_feeds(inputs, specs)[0]
         check_feed(feed, specs, source=str(inputs) if not isinstance(inputs, dict) else "inputs")
     bound = {k: tuple(np.asarray(v).shape) for k, v in feed.items()}
+    if engine in ("openvino", "ov"):  # the model OpenVINO compiles: scalar inputs given a value bound, If folded
+        from ..engines.openvino import bind_scalars
+
+        m, fixed = bind_scalars(m, ref.values)
+        mapping.name_nodes(m)
+        bound = {k: v for k, v in bound.items() if k not in fixed}
+        feed = {k: v for k, v in feed.items() if k not in fixed}
     options = EngineOptions(threads=threads, opt_level=opt_level, shapes=bound, values=ref.values)
     measured = backend.measure(m, feed, options, warmup_s=warmup_s, budget_s=budget_s)
     costs = {c.name: c for c in node_costs(m, bound) if not c.graph}
