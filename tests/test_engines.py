@@ -125,3 +125,9 @@ def test_openvino_runs_silero_vad_with_sr_bound(silero_vad):
     assert max(probs[:3]) < 0.1 and np.median(probs[8:]) > 0.9  # silence, then speech: the VAD really ran
     with pytest.raises(BushuError, match="sr=16000 fixed"):
         ov.run({"input": x, "state": state["ov"], "sr": np.asarray(8000, np.int64)})
+
+
+def test_compare_silero_vad_on_openvino_takes_the_zoo_sr_and_shapes(silero_vad):
+    # `bushu compare silero-vad --engines ort,openvino`: the engines get the sr and shapes the feeds are made with
+    result = compare(silero_vad, engines=("ort", "openvino"), samples=2, show_progress=False)
+    assert result, result.render()

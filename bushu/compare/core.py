@@ -192,6 +192,12 @@ def compare(
     if ref.golden is not None and inputs is None and samples != 1:
         raise BushuError("golden outputs hold one sample: use --samples 1 (and the inputs of the run that saved them)")
     options = options or EngineOptions()
+    synth = with_zoo_defaults(ma, synth)  # silero VAD's sr and state, when a zoo model's file is compared
+    # engines that fix what they compile (ncnn, OpenVINO: silero's sr, and its shapes when bushu synthesizes the
+    # feeds) get the values and shapes the feeds will have
+    fixed = {k: v for k, v in (synth.get("shapes") or {}).items() if isinstance(v, tuple)} if inputs is None else {}
+    options = dataclasses.replace(options, values={**(synth.get("values") or {}), **options.values},
+                                  shapes={**fixed, **options.shapes})
     ref.open(options)
     cand.open(options)
     deep = _Layerwise(ref, cand, options) if layerwise else None
@@ -199,7 +205,6 @@ def compare(
     per_output: dict[str, list[OutputDiff]] = {o.name: [] for o in ref.outputs}
     count = 0
     total = samples if inputs is None else None
-    synth = with_zoo_defaults(ma, synth)  # silero VAD's sr and state, when a zoo model's file is compared
     for feed in progress(_feeds(specs, inputs, samples, dict(synth)), total=total, desc="compare",
                          enabled=show_progress):
         count += 1
