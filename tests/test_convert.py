@@ -377,3 +377,25 @@ def test_table_lookups_are_clipped_for_pnnx(minilm_onnx):
     got = open_session(m, "ort").run(feed)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_ncnn_converts_a_model_of_ir_version_14(tmp_path):
+    """onnx 1.23 writes IR version 14; the ONNX Runtime inside pnnx reads 13 at most (pnnx crashed with a page of
+    ORT's C++ signature). The copy given to pnnx says 13; an op ncnn lacks is then named, in one line."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], np.random.default_rng(0).standard_normal(108).tolist())
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Relu", ["c"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=14)
+    onnx.save(proto, tmp_path / "ir14.onnx")
+    r = bushu.convert(tmp_path / "ir14.onnx", "ncnn", tmp_path / "out")
+    assert r and r.outputs[0].max_abs < 1e-4, r.render()
+    g.node.append(helper.make_node("Hardmax", ["y"], ["z"]))
+    g.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8, 8]))
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=14), tmp_path / "hm.onnx")
+    bad = bushu.convert(tmp_path / "hm.onnx", "ncnn", tmp_path / "hm")
+    assert not bad and "Hardmax" in bad.error and "\n" not in bad.error and "IR version" not in bad.error

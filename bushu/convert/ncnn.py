@@ -96,6 +96,30 @@ def _ignored(log: str) -> list[str]:
     return found
 
 
+# pnnx runs the model on the ONNX Runtime it bundles (1.30: IR version 13 at most); onnx 1.23 writes IR 14
+PNNX_MAX_IR_VERSION = 13
+
+
+def _copy_for_pnnx(src: Path, dst: Path) -> None:
+    """Copy ``src`` for pnnx, its IR version lowered to :data:`PNNX_MAX_IR_VERSION` when above it (the IR version
+    says which format features a file may use; a model that uses none of the newer ones reads the same)."""
+    import onnx
+
+    proto = onnx.load(str(src), load_external_data=False)
+    if proto.ir_version <= PNNX_MAX_IR_VERSION:
+        shutil.copyfile(src, dst)
+        return
+    proto.ir_version = PNNX_MAX_IR_VERSION
+    onnx.save(proto, str(dst))
+
+
+def _failure(log: str) -> str:
+    """pnnx's reason in its log: the last line that says something failed, else its last two lines."""
+    lines = last_lines(log, 10**6).split(" / ")
+    failed = [ln for ln in lines if "failed" in ln.lower() or "error" in ln.lower()]
+    return failed[-1] if failed else " / ".join(lines[-2:])
+
+
 def _pnnx(src: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes: Mapping | None) -> list[Path]:
     pnnx = require("pnnx", extra="ncnn", feature="conversion to ncnn")
     first, second = two_shapes(specs, shapes)
@@ -103,7 +127,7 @@ def _pnnx(src: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes: Mapping
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     model = work / "model.onnx"
-    shutil.copyfile(src, model)
+    _copy_for_pnnx(src, model)
     cmd = [pnnx.EXEC_PATH, str(model), f"inputshape={_arg(specs, first)}", "fp16=0", "device=cpu",
            f"ncnnparam={work.parent / FILES[0]}", f"ncnnbin={work.parent / FILES[1]}"]
     if second is not None:
@@ -113,7 +137,7 @@ def _pnnx(src: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes: Mapping
     shutil.rmtree(work, ignore_errors=True)
     param = out_dir / FILES[0]
     if proc.returncode != 0 or not param.is_file() or not (out_dir / FILES[1]).is_file():
-        raise ConversionError("ncnn", f"pnnx exited with {proc.returncode}: {last_lines(log, 2)}", log=log)
+        raise ConversionError("ncnn", f"pnnx exited with {proc.returncode}: {_failure(log)}", log=log)
     bad = unsupported_layers(param) + [t for t in _ignored(log) if t not in unsupported_layers(param)]
     if bad:
         raise ConversionError("ncnn", "pnnx left layers ncnn cannot run", bad, log=log)
@@ -138,7 +162,7 @@ def convert(onnx_path: Path, out_dir: Path, specs: Sequence[TensorSpec], shapes:
         try:
             return _pnnx(onnx_path, out_dir, specs, shapes)
         except ConversionError as e:  # unsupported layers, or pnnx itself failed (MiniLM: see pnnx_prep item 8)
-            first = "" if e.unsupported else f"; as exported, pnnx failed: {last_lines(e.log)}"
+            first = "" if e.unsupported else f"; as exported, pnnx failed: {_failure(e.log)}"
     prepared = out_dir / "prepared.onnx"
     try:
         new_specs, bound, note, layout = prepare(onnx_path, prepared, values)
