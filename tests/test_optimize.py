@@ -53,6 +53,8 @@ def test_idempotent(optimized, name, tmp_path):
     _, result = bushu.optimize(out, again, verify="end", latency=False, show_progress=False, shapes=extra.shapes,
                                values=extra.values)
     assert result.nodes_after == result.nodes_before
+    assert not result.fired, result.render()  # every pass ran and changed nothing: the output is the input file
+    assert "no pass changed the model: the output is the input file" in " ".join(result.notes)
     assert again.read_bytes() == out.read_bytes()
 
 
@@ -245,7 +247,7 @@ def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passe
     real = verify.run_ort
 
     def spy(model, feeds, threads=2):
-        runs.append((threading.current_thread() is threading.main_thread(), threads))
+        runs.append((threading.current_thread() is threading.main_thread(), threads, len(feeds)))
         return real(model, feeds, threads)
 
     monkeypatch.setattr(verify, "run_ort", spy)
@@ -254,4 +256,13 @@ def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passe
     _, result = bushu.optimize(ppocr_cls, passes="lift-constants,perturb-weight", verify="end", latency=False,
                                show_progress=False)
     assert not result and result.verify_error and "FAIL" in result.verify_error, result.render()
-    assert runs == [(False, verify.PREFETCH_THREADS), (True, 2)]  # the reference beside the passes, then the output
+    # the reference beside the passes, then the output; one feed each (--verify end, no If/Loop/Scan)
+    assert runs == [(False, verify.PREFETCH_THREADS, 1), (True, 2, 1)]
+
+
+def test_default_samples(ppocr_cls, silero_vad):
+    from bushu.passes import default_samples
+
+    assert default_samples(bushu.load(ppocr_cls), "end") == 1
+    assert default_samples(bushu.load(ppocr_cls), "each") == 3
+    assert default_samples(bushu.load(silero_vad), "end") == 3  # If bodies: feeds may take different branches

@@ -26,7 +26,8 @@ def add_arguments(p):
     p.add_argument("--skip", default=None, help="passes to leave out (comma-separated)")
     p.add_argument("--verify", default=None, choices=["each", "end", "off"],
                    help="check outputs on ONNX Runtime after each pass (default below 1 GB), at the end, or never")
-    p.add_argument("--samples", type=int, default=3, help="synthesized feeds to verify with (default: 3)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="synthesized feeds to verify with (default: 3; 1 for --verify end without If/Loop/Scan)")
     p.add_argument("--opset", type=int, default=None, help="convert to this opset first (fusions need 17/20/23)")
     p.add_argument("--target", default="generic", choices=["generic", "ort"],
                    help="generic: standard ONNX only (default); ort: + ONNX Runtime contrib fusions (com.microsoft "

@@ -98,6 +98,8 @@ def run(model: ir.Model, ctx: PassContext) -> int:
     # NOTE: HardSwish rules first: HardSigmoidFromClip would otherwise take the Clip/Div inside x*Clip(x+3)/6.
     opset = model.opset_imports.get("", 1)
     rules = [*_forms(HardSwishFromClip), *_forms(type("HardSwishFromClipInner", (HardSwishFromClip,), {"outer": False}))]
-    count = base.apply(model, ctx, "fuse-hardswish", [*rules, *([HardSwishFromHardSigmoid] if opset >= 14 else [])],
-                       {"Clip", "HardSigmoid"})
+    # NOTE: two runs, each skipped when its ops are absent: the Clip forms and the HardSigmoid form share no node.
+    count = base.apply(model, ctx, "fuse-hardswish", rules, {"Clip", "Add", "Mul"})
+    if opset >= 14:
+        count += base.apply(model, ctx, "fuse-hardswish", [HardSwishFromHardSigmoid], {"HardSigmoid", "Mul"})
     return count + base.apply(model, ctx, "fuse-hardsigmoid", _forms(HardSigmoidFromClip), {"Clip"})

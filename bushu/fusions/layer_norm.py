@@ -167,7 +167,7 @@ class LayerNormAdd(_Affine):
 
 @register("fuse-layernorm", "LayerNormalization (opset 17) from ReduceMean/Sub/Pow/Sqrt/Div/Mul/Add", "fusion")
 def run(model: ir.Model, ctx: PassContext) -> int:
-    count = base.apply(model, ctx, "fuse-layernorm", [LayerNorm], {"ReduceMean"})
+    count = base.apply(model, ctx, "fuse-layernorm", [LayerNorm], {"ReduceMean", "Sub", "Sqrt"})
     count += base.apply(model, ctx, "fuse-layernorm", [BareLayerNorm, BareLayerNormReciprocal],
-                        {"ReduceMean"})
+                        {"ReduceMean", "Sub", "Sqrt"})
     return count + base.apply(model, ctx, "fuse-layernorm", [LayerNormMul, LayerNormAdd], {"LayerNormalization"})

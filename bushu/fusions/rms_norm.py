@@ -54,4 +54,4 @@ class RmsNorm(base.Fusion):
 
 @register("fuse-rmsnorm", "RMSNormalization (opset 23) from x / Sqrt(ReduceMean(x^2) + eps) * scale", "fusion")
 def run(model: ir.Model, ctx: PassContext) -> int:
-    return base.apply(model, ctx, "fuse-rmsnorm", [RmsNorm], {"ReduceMean"})
+    return base.apply(model, ctx, "fuse-rmsnorm", [RmsNorm], {"ReduceMean", "Sqrt"})

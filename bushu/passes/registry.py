@@ -73,7 +73,14 @@ def register(name: str, summary: str, kind: str) -> Callable[[PassFn], PassFn]:
     return deco
 
 
+_loaded = False
+
+
 def _load() -> None:
+    global _loaded
+    if _loaded:  # registry.get is called per step: importlib.import_module of a loaded module is still ~30 µs
+        return
+    _loaded = True
     for m in _MODULES:
         importlib.import_module(f"bushu.passes.{m}")
     for m in _FUSION_MODULES:

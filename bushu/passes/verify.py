@@ -10,6 +10,7 @@ node where a rejected rewrite starts to differ.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, Future
@@ -46,14 +47,25 @@ def zoo_defaults(path: str | os.PathLike | None) -> tuple[dict, dict]:
         return {}, {}
     from .. import zoo
 
-    target = os.path.realpath(path)
-    for name, m in zoo.MODELS.items():
+    name = _zoo_files().get(os.path.realpath(path))
+    if name is None:
+        return {}, {}
+    m = zoo.MODELS[name]
+    return dict(m.shapes), dict(m.values)
+
+
+@functools.lru_cache(maxsize=1)
+def _zoo_files() -> dict[str, str]:
+    """Real path of each installed zoo model -> its name (looked up once per process: 4 ms per optimize call)."""
+    from .. import zoo
+
+    found = {}
+    for name in zoo.MODELS:
         try:
-            if os.path.realpath(zoo.path(name)) == target:
-                return dict(m.shapes), dict(m.values)
+            found.setdefault(os.path.realpath(zoo.path(name)), name)
         except BushuError:
             continue
-    return {}, {}
+    return found
 
 
 def make_feeds(model: ir.Model, inputs=None, samples: int = 3, **synth) -> list[Feed]:
