@@ -441,7 +441,7 @@ def markdown(results: dict, command: str) -> str:
               "the accuracy of the file on that engine. `OV right?` is bushu's own engine check "
               "(bushu.quant.verify, the one `bushu quantize --engine openvino` applies to its result): the file's "
               "output error on OpenVINO against the float model is not far beyond the same file's on ONNX Runtime, on "
-              "the check feeds (wrong: SNR < 30 dB and > 3 dB below ORT's, or top-1 changed > 2× as often + 2 pp). Latency: median of the quantized "
+              "the check feeds (wrong: output SNR < 30 dB and > 3 dB below ORT's). Latency: median of the quantized "
               "model; × = FP32 median / quantized median on that engine (in brackets the IQR of the per-round "
               "ratios), the two measured in alternation (5 rounds each, one session at a time) so that the shared "
               "machine's drifting load hits both alike (p90 and the FP32 medians in the JSON). `error` = the engine "

@@ -26,33 +26,28 @@ from .budget import Accuracy, accuracy
 from .static import run_all
 
 REFERENCE = "ort"
-# "Far beyond": the target's output SNR is below 30 dB and either its output error power is more than twice ONNX
-# Runtime's on the same file (3 dB), or, for score outputs, its top-1 changes more than twice as often as ONNX
-# Runtime's plus 2 points. Correct engines differ far less (PP-OCRv4 rec on 8 lines: 9.7 / 10.0 dB, top-1 97.2 /
-# 97.6 %; det 16.6 / 16.7 dB); NNCF's rec file, which reads 52 % of the lines on OpenVINO and 92 % on ONNX Runtime,
-# is 5.4 / 9.6 dB, top-1 89.8 / 98.2 %. The floor keeps float-accumulation differences on very accurate files
-# (MobileNetV3-small-like 47.8 / 45.3 dB, or 60 vs 50 dB) from counting as wrong.
+# "Far beyond": the target's output SNR is below 30 dB and more than 3 dB below ONNX Runtime's on the same file (its
+# error power more than twice ONNX Runtime's). Correct engines differ far less (PP-OCRv4 rec on 8 and 24 lines:
+# 9.7 / 10.0 dB, 8.2 / 8.2 dB; det 16.6 / 16.7 dB; MiniLM 22.4 / 22.3 dB); NNCF's rec file, which reads 52 % of the
+# lines on OpenVINO and 92 % on ONNX Runtime, is 5.4 / 9.6 dB. The floor keeps float-accumulation differences on
+# very accurate files (MobileNetV3-small-like 45.3 / 47.8 dB, or 50 vs 60 dB) from counting as wrong. Top-1
+# agreement is no criterion: on outputs that only look like scores (MiniLM's token embeddings) it moved 90 → 75 %
+# between two engines at the same SNR.
 FAR_DB = 3.0
 FLOOR_DB = 30.0
-TOP1_TIMES, TOP1_PP = 2.0, 2.0
 _PACKAGES = {"ort": "onnxruntime", "openvino": "openvino"}
 
 
-def far_beyond(target_snr_db: float, reference_snr_db: float, target_top1: float | None = None,
-               reference_top1: float | None = None) -> bool:
-    """True when the error on the target engine is far beyond the reference engine's on the same file: output SNR
-    (dB) and, for score outputs, top-1 agreement with the float model (a fraction)."""
+def far_beyond(target_snr_db: float, reference_snr_db: float) -> bool:
+    """True when the output SNR (dB, against the float model) on the target engine is far below the reference
+    engine's on the same file."""
     if math.isnan(target_snr_db):
         return True
-    if target_snr_db >= FLOOR_DB:
-        return False
-    changed = (target_top1 is not None and reference_top1 is not None
-               and 1 - target_top1 > TOP1_TIMES * (1 - reference_top1) + TOP1_PP / 100)
-    return target_snr_db < reference_snr_db - FAR_DB or changed
+    return target_snr_db < FLOOR_DB and target_snr_db < reference_snr_db - FAR_DB
 
 
 def _far(target: Accuracy, reference: Accuracy) -> bool:
-    return far_beyond(target.snr_db, reference.snr_db, target.top1, reference.top1)
+    return far_beyond(target.snr_db, reference.snr_db)
 
 
 def engine_version(engine: str) -> str:
