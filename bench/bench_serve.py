@@ -11,7 +11,8 @@ ratios, with their interquartile range. Two engine configurations, each on both 
 2 intra-op threads (bushu's default) and 2 instances x 1 thread (two sessions in-process):
 
 1. throughput at saturation, batch 8, served (binary tensor data, 3 requests in flight) vs in-process, on PP-OCRv4
-   rec and the MobileNetV3-small-like model;
+   rec and the MobileNetV3-small-like model; and the same with the input and output tensors in system shared memory
+   (Triton's extension, regions registered once, as perf_analyzer ``--shared-memory system`` does);
 2. p50 latency overhead at low load (one client, batch 1, binary) over in-process, on PP-OCR cls, next to the HTTP
    round trip alone (``GET /v2/health/live``);
 3. dynamic batching (2 ms queue delay; no delay; max batch 4 with no delay) vs none, 8 concurrent batch-1 clients,
@@ -140,6 +141,48 @@ def binary_body(name: str, x: np.ndarray) -> tuple[bytes, dict]:
                            "parameters": {"binary_data_output": True}})
     return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
                                   "Content-Type": "application/octet-stream"}
+
+
+class ShmRegions:
+    """The input ``x`` and room for the outputs in system shared memory, registered with the server at ``port``
+    (Triton's extension, as perf_analyzer's ``--shared-memory system`` does once before its load): the request body
+    is then a small JSON naming the regions. Outputs of concurrent requests go to the same region (the server writes
+    them on its event loop, one at a time; the bench doesn't read them)."""
+
+    def __init__(self, port: int, name: str, x: np.ndarray, outputs: dict[str, np.ndarray]):
+        from multiprocessing import shared_memory
+
+        self.port, self.made, tag = port, [], f"bushu_bench_{os.getpid()}_{port}"
+        inputs = [{"name": name, "shape": list(x.shape), "datatype": "FP32",
+                   "parameters": self._region(f"{tag}_in", x.nbytes, shared_memory, x)}]
+        outs = [{"name": o, "parameters": self._region(f"{tag}_out{i}", a.nbytes, shared_memory)}
+                for i, (o, a) in enumerate(outputs.items())]
+        self.body = orjson.dumps({"inputs": inputs, "outputs": outs})
+        self.headers = {"Content-Type": "application/json"}
+
+    def _region(self, region: str, size: int, shared_memory, data: np.ndarray | None = None) -> dict:
+        seg = shared_memory.SharedMemory(region, create=True, size=size)
+        self.made.append((region, seg))
+        if data is not None:
+            np.ndarray(data.shape, data.dtype, buffer=seg.buf)[...] = data
+        self._post(f"/v2/systemsharedmemory/region/{region}/register",
+                   orjson.dumps({"key": "/" + region, "offset": 0, "byte_size": size}))
+        return {"shared_memory_region": region, "shared_memory_byte_size": size}
+
+    def _post(self, path: str, body: bytes = b"") -> None:
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        c.request("POST", path, body)
+        r = c.getresponse()
+        if r.status != 200:
+            raise RuntimeError(f"{path}: {r.status} {r.read()!r}")
+        r.read()
+        c.close()
+
+    def close(self) -> None:
+        self._post("/v2/systemsharedmemory/unregister")
+        for _, seg in self.made:
+            seg.close()
+            seg.unlink()
 
 
 def json_body(name: str, x: np.ndarray) -> tuple[bytes, dict]:
@@ -343,7 +386,10 @@ def make_repo(tmp: Path, models: dict[str, str]) -> Path:
                             ("_nodelay", "max_batch_size: 8\ndynamic_batching { }\n"),
                             # half the clients per batch: one batch runs while the other half's requests come back
                             ("_half", "max_batch_size: 4\ndynamic_batching { }\n"),
-                            ("_nobatch", "max_batch_size: 8\n")):  # no dynamic_batching: every request alone
+                            ("_nobatch", "max_batch_size: 8\n"),  # no dynamic_batching: every request alone
+                            # the same two for clients passing tensors in system shared memory
+                            ("_shm", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n"),
+                            ("_shm_nobatch", "max_batch_size: 8\n")):
             (repo / f"{name}{suffix}" / "1").mkdir(parents=True)
             (repo / f"{name}{suffix}" / "1" / "model.onnx").symlink_to(src)
             (repo / f"{name}{suffix}" / "config.pbtxt").write_text(cfg)
@@ -364,6 +410,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="duration of one measurement")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison (medians reported)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "dev" / "serve-bench.md"))
+    ap.add_argument("--parts", default="throughput,latency,batching,rivals",
+                    help="which comparisons to run (comma-separated; default: all)")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -384,6 +432,7 @@ def main() -> None:
         return rng.random((b, *inputs[m][1]), dtype=np.float32)
 
     rows, S, R = [], args.seconds, args.rounds
+    parts = set(args.parts.split(","))
     client_cpu: list[float] = []
     pool = None if WRK else cf.ProcessPoolExecutor(1)  # the fallback load generator: another process
     if pool:
@@ -391,9 +440,9 @@ def main() -> None:
     local = {(m, c): InProcess(p, threads, sessions) for m, p in models.items()
              for c, (sessions, threads) in CONFIGS.items()}
 
-    def served(port, path, body, hdr, clients):
+    def served(port, path, body, hdr, clients, seconds=None):
         def run():
-            r = _load_elsewhere(pool, port, path, body, hdr, clients, S)
+            r = _load_elsewhere(pool, port, path, body, hdr, clients, seconds or S)
             client_cpu.append(r["client_cpu"])
             return r
         return run
@@ -403,26 +452,38 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         repo = make_repo(Path(tmp), models)
-        port = {}
+        port, metrics = {}, {}
         for c, (instances, threads) in CONFIGS.items():  # both up at once; an idle one sleeps (no spinning)
             extra = ["--instances", str(instances)] + (["--threads", str(threads)] if threads else [])
             srv = servers.enter_context(ServerProcess(repo, "--grpc-port", "-1", "--max-queue-size", "1024", *extra))
-            port[c] = int(srv.http.split(":")[1])
-        # 1. saturation throughput at batch 8: served (3 requests in flight) vs in-process, same engine configuration
-        for m in ("rec", "mnv3"):
+            port[c], metrics[c] = int(srv.http.split(":")[1]), srv.metrics
+        # 1. saturation throughput at batch 8: served (3 requests in flight) vs in-process, same engine configuration;
+        # the served side both with the tensors in the body (binary) and in system shared memory (Triton's extension:
+        # a small JSON naming the regions crosses the socket), all three alternating
+        for m in ("rec", "mnv3") if "throughput" in parts else ():
+            # a rec batch takes ~150 ms: at least 5 s per measurement, so that one request more or less is < 3 %
+            sm = max(S, 5.0) if m == "rec" else S
             x = x_of(m, 8)
             body, hdr = binary_body(inputs[m][0], x)
+            outputs = local[m, "1×2"].sessions[0].run({inputs[m][0]: x})
             for c in CONFIGS:
-                ins, outs = alternate(R, lambda: local[m, c](x, S),
-                                      served(port[c], f"/v2/models/{m}_nobatch/infer", body, hdr, 3))
-                ratio = per_round(ins, "items_per_s", outs, "rps", lambda i, o: 8 * o / i)
-                row(f"throughput, batch 8, {c}", m, f"{med(ins, 'items_per_s'):.1f} items/s in-process",
-                    f"{8 * med(outs, 'rps'):.1f} items/s served", spread(ratio),
-                    "≥ 0.9" + (" ✓" if np.median(ratio) >= 0.9 else " ✗"), sum(r["errors"] for r in outs))
+                regions = ShmRegions(port[c], inputs[m][0], x, outputs)
+                try:
+                    ins, outs, shm_outs = alternate(
+                        R, lambda: local[m, c](x, sm),
+                        served(port[c], f"/v2/models/{m}_nobatch/infer", body, hdr, 3, sm),
+                        served(port[c], f"/v2/models/{m}_nobatch/infer", regions.body, regions.headers, 3, sm))
+                finally:
+                    regions.close()
+                for how, res in (("", outs), (", input and output in system shared memory", shm_outs)):
+                    ratio = per_round(ins, "items_per_s", res, "rps", lambda i, o: 8 * o / i)
+                    row(f"throughput, batch 8, {c}{how}", m, f"{med(ins, 'items_per_s'):.1f} items/s in-process",
+                        f"{8 * med(res, 'rps'):.1f} items/s served", spread(ratio),
+                        "≥ 0.9" + (" ✓" if np.median(ratio) >= 0.9 else " ✗"), sum(r["errors"] for r in res))
         # 2. p50 overhead at low load: one client, one request at a time, next to the HTTP round trip alone
         x = x_of("cls", 1)
         body, hdr = binary_body("x", x)
-        for c in CONFIGS:
+        for c in CONFIGS if "latency" in parts else ():
             single = _one(local["cls", c])
             ins, outs, live = alternate(R, lambda: single(x, S),
                                         served(port[c], "/v2/models/cls_nobatch/infer", body, hdr, 1),
@@ -438,11 +499,11 @@ def main() -> None:
                     f"{med(live, 'p50_ms'):.3f} ms", "", "", sum(r["errors"] for r in live))
         # 3. dynamic batching vs none, 8 clients at batch 1, next to the engine's own batching gain in-process
         best = {}
-        for m in ("cls", "mnv3"):
+        for m in ("cls", "mnv3") if "batching" in parts or "rivals" in parts else ():
             x1, x4, x8 = x_of(m, 1), x_of(m, 4), x_of(m, 8)
             body, hdr = binary_body(inputs[m][0], x1)
             ceiling = {}
-            for c in CONFIGS:
+            for c in CONFIGS if "batching" in parts else ():
                 one, four, eight = alternate(R, lambda: local[m, c](x1, S), lambda: local[m, c](x4, S),
                                              lambda: local[m, c](x8, S))
                 ceiling[c] = (one, four, eight)
@@ -451,17 +512,47 @@ def main() -> None:
                         f"{med(one, 'items_per_s'):.0f} items/s at 1", f"{med(res, 'items_per_s'):.0f} items/s at {n}",
                         spread(per_round(one, "items_per_s", res, "items_per_s")) + "×", "", 0)
             runs = {}
-            for c in CONFIGS:
+            for c in CONFIGS if "batching" in parts else ["1×2"]:
                 variants = {"none": "_nobatch", "2 ms queue delay": "", "no queue delay": "_nodelay",
                             "max batch 4, no queue delay": "_half"}
-                got = alternate(R, *(served(port[c], f"/v2/models/{m}{v}/infer", body, hdr, 8)
-                                     for v in variants.values()))
+                # at bushu's default 1×2 also with the tensors in system shared memory (every client naming the
+                # same regions), so that what batching gains is seen without the loopback copies
+                in_shm = {"none": "_shm_nobatch", "2 ms queue delay": "_shm"} if c == "1×2" and "batching" in parts \
+                    else {}
+                regions = ShmRegions(port[c], inputs[m][0], x1, local[m, c].sessions[0].run({inputs[m][0]: x1})) \
+                    if in_shm else None
+                try:
+                    before = executions(metrics[c])
+                    got = alternate(R, *(served(port[c], f"/v2/models/{m}{v}/infer", body, hdr, 8)
+                                         for v in variants.values()),
+                                    *(served(port[c], f"/v2/models/{m}{v}/infer", regions.body, regions.headers, 8)
+                                      for v in in_shm.values()))
+                    after = executions(metrics[c])
+                finally:
+                    if regions:
+                        regions.close()
                 runs.update({(c, k): r for k, r in zip(variants, got)})
-                for k in list(variants)[1:]:
+                shm_runs = dict(zip(in_shm, got[len(variants):]))
+
+                def mean_batch(v):  # the mean executed batch over the run, from the server's counters (/metrics)
+                    n, e = (after.get(m + v, (0, 0))[i] - before.get(m + v, (0, 0))[i] for i in (0, 1))
+                    return f", mean batch {n / max(e, 1):.1f}"
+
+                for k, v in list(variants.items())[1:]:
                     gain = per_round(runs[c, "none"], "rps", runs[c, k], "rps")
                     row(f"8 clients, batch 1, {c}: dynamic batching ({k}) vs none", m, _rps(runs[c, "none"]),
-                        _rps(runs[c, k]), spread(gain) + "×", "≥ 1.5×" + (" ✓" if np.median(gain) >= 1.5 else " ✗"),
+                        _rps(runs[c, k]) + mean_batch(v), spread(gain) + "×",
+                        "≥ 1.5×" + (" ✓" if np.median(gain) >= 1.5 else " ✗"),
                         sum(r["errors"] for r in runs[c, "none"] + runs[c, k]))
+                for k in list(in_shm)[1:]:
+                    gain = per_round(shm_runs["none"], "rps", shm_runs[k], "rps")
+                    row(f"8 clients, batch 1, {c}, tensors in system shared memory: dynamic batching ({k}) vs none",
+                        m, _rps(shm_runs["none"]), _rps(shm_runs[k]) + mean_batch(in_shm[k]), spread(gain) + "×",
+                        "≥ 1.5×" + (" ✓" if np.median(gain) >= 1.5 else " ✗"),
+                        sum(r["errors"] for r in shm_runs["none"] + shm_runs[k]))
+            if "batching" not in parts:
+                best[m] = runs["1×2", "no queue delay"]
+                continue
             # each side at its best configuration, as a user would deploy it
             bn = max((k for k in runs if k[1] == "none"), key=lambda k: med(runs[k], "rps"))
             bb = max((k for k in runs if k[1] != "none"), key=lambda k: med(runs[k], "rps"))
@@ -475,7 +566,7 @@ def main() -> None:
                 f"{cn:.0f} items/s", f"{cb:.0f} items/s", f"{cb / cn:.2f}×", "", 0)
             best[m] = runs["1×2", "no queue delay"]  # bushu serve's defaults
         # 4. the same 8-client load on LitServe and FastAPI + ORT (bushu as it starts: 1×2, batching, no delay)
-        for kind in ("litserve", "fastapi"):
+        for kind in ("litserve", "fastapi") if "rivals" in parts else ():
             for m in ("cls", "mnv3"):
                 body, hdr = json_body(inputs[m][0], x_of(m, 1))
                 with Child(kind, models[m]) as child:
@@ -492,6 +583,20 @@ def main() -> None:
            if WRK else "a Python client (wrk not installed)")
     cpu = np.quantile(client_cpu, [0.5, 1.0])
     write(args.out, rows, machine(), S, R, f"{gen}, using {cpu[0]:.0%} of one core (median; at most {cpu[1]:.0%})")
+
+
+def executions(metrics_url: str) -> dict[str, tuple[float, float]]:
+    """Per model: (items inferred, executions) so far, from the server's /metrics (Triton's counters)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(metrics_url, timeout=30).read().decode()
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for i, name in enumerate(("nv_inference_count{", "nv_inference_exec_count{")):
+            if line.startswith(name):
+                model = line.split('model="', 1)[1].split('"', 1)[0]
+                out.setdefault(model, [0.0, 0.0])[i] += float(line.rsplit(" ", 1)[1])
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 def _one(p: InProcess) -> InProcess:

@@ -47,3 +47,30 @@ def test_a_formed_batch_is_shared_among_idle_instances(tmp_path, ppocr_cls):
     ref = engines.open_session(str(ppocr_cls), "ort", spin=False)
     for x, r in zip(xs, res):
         np.testing.assert_allclose(r.outputs[CLS_OUT], ref.run({"x": x})[CLS_OUT], rtol=1e-5, atol=1e-6)
+
+
+def test_batches_stack_into_a_reused_staging_buffer_and_split_right(tmp_path, ppocr_cls):
+    """Successive merged batches (of different sizes) on one instance are stacked into the same buffer; every
+    request still gets its own result, and a later batch doesn't change an earlier batch's answers."""
+    from bushu.serve.config import EngineSection
+    from bushu.serve.model import ModelVersion
+    from bushu.serve.repository import Repository as Repo
+
+    (tmp_path / "cls" / "1").mkdir(parents=True)
+    (tmp_path / "cls" / "1" / "model.onnx").symlink_to(ppocr_cls)
+    src = Repo(str(tmp_path), ModelDefaults()).source("cls")
+    mv = ModelVersion("cls", "1", src.versions["1"], src.config, EngineSection("ort", 1, "all"), configured=False,
+                      defaults=ModelDefaults())
+    rng = np.random.default_rng(6)
+    ref = engines.open_session(str(ppocr_cls), "ort", spin=False)
+    kept, buffers = [], set()
+    for sizes in ((1, 2, 1), (3, 1), (1, 1, 1, 1, 1, 1, 1, 1)):
+        xs = [rng.random((n, 3, 48, 192), dtype=np.float32) for n in sizes]
+        out = mv.execute([InferRequest({"x": x}) for x in xs])
+        buffers.add(mv._staging[0, "x"].ctypes.data)
+        kept.append((xs, [o[CLS_OUT].copy() for o in out], out))
+    assert len(buffers) == 1  # one staging buffer, reused
+    for xs, copies, out in kept:
+        for x, c, o in zip(xs, copies, out):
+            np.testing.assert_allclose(o[CLS_OUT], ref.run({"x": x})[CLS_OUT], rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(o[CLS_OUT], c)

@@ -232,3 +232,26 @@ def test_unregister_while_a_request_reads_the_region(server, regions, ppocr_rec)
     _post(server, "/v2/systemsharedmemory/unregister")
     assert _post(server, "/v2/systemsharedmemory/status", method="GET") == (200, b"[]")
     assert _post(server, "/v2/health/live", method="GET")[0] == 200
+
+
+def test_only_loopback_clients_may_use_shared_memory_unless_allowed():
+    from bushu.errors import BushuError
+    from bushu.serve.protocol import ProtocolError
+    from bushu.serve.server import ServeOptions, check_options
+    from bushu.serve.shm import SharedMemory
+
+    local = SharedMemory()
+    for host in ("127.0.0.1", "::1", "127.3.4.5"):
+        local.check_client(host)
+    for host in ("10.0.0.2", "192.168.1.9", "", None):
+        with pytest.raises(ProtocolError) as e:
+            local.check_client(host)
+        assert e.value.status == 403 and "--allow-shared-memory" in str(e.value)
+    remote = SharedMemory(allow_remote=True, token="s3cret")
+    with pytest.raises(ProtocolError) as e:
+        remote.check_client("10.0.0.2", "Bearer wrong")
+    assert e.value.status == 401
+    remote.check_client("10.0.0.2", "Bearer s3cret")
+    with pytest.raises(BushuError, match="--token"):  # beyond loopback it needs the token, as model control does
+        check_options(ServeOptions(host="0.0.0.0", shared_memory_remote=True))
+    check_options(ServeOptions(host="0.0.0.0", shared_memory_remote=True, token="s3cret"))
