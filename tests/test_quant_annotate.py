@@ -152,15 +152,33 @@ def test_include_or_exclude_that_names_nothing_is_refused(cnn):
 
 
 def test_attention_mask_and_softmax_arithmetic_stay_float(attention):
+    import dataclasses
+
     rng = np.random.default_rng(2)
     feed = {"x": rng.normal(size=(1, 4, 8)).astype(np.float32), "mask": np.array([[1, 1, 1, 0]], np.int64)}
-    q, p = quantized(attention, "ort", feed)
+    preset = dataclasses.replace(PRESETS["ort"], float_attention=False)
+    p = plan(attention, preset)
+    q = convert(clone(attention), p, observed_ranges(attention, p, feed), preset)
     quantized_tensors = {n.inputs[0].name for n in by_op(q, "QuantizeLinear")}
     # projections read quantized x; K goes quantized through the Transpose into QK^T; Q's bias Add stays float
     assert {"x", "k", "qb", "pr"} <= quantized_tensors
     assert not quantized_tensors & {"q", "s", "sc", "a", "m2", "m3", "y"}
     assert [n.inputs[0].producer().op_type for n in by_op(q, "Softmax")] == ["Add"]
     assert by_op(q, "Transpose")[0].inputs[0].producer().op_type == "DequantizeLinear"
+    ref = open_session(attention, "ort").run(feed)["y"]
+    out = open_session(q, "ort").run(feed)["y"]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+
+
+def test_ort_preset_leaves_attention_matmuls_float(attention):
+    """ONNX Runtime's preset quantizes the projections (constant weights) and leaves Q·Kᵀ and softmax·V in float:
+    ORT fuses the float pair (FusedMatMul), the quantized pair costs Q/DQ and scale kernels per layer."""
+    rng = np.random.default_rng(2)
+    feed = {"x": rng.normal(size=(1, 4, 8)).astype(np.float32), "mask": np.array([[1, 1, 1, 0]], np.int64)}
+    q, p = quantized(attention, "ort", feed)
+    assert {n.inputs[0].name for n in by_op(q, "QuantizeLinear")} == {"x"}
+    assert sorted(w.node for w in p.weights) == ["n0_MatMul", "n2_MatMul"]
+    assert sorted(p.reasons) == ["n12_MatMul", "n4_MatMul"] and all("attention" in r for r in p.reasons.values())
     ref = open_session(attention, "ort").run(feed)["y"]
     out = open_session(q, "ort").run(feed)["y"]
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99

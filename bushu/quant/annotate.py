@@ -42,6 +42,10 @@ execute. Rules, in order:
 * Case 11: a Concat's output, and every tensor sharing its range, is stored as ``preset.concat_activations``
   when the preset names one (OpenVINO: uint8 with zero point 128, the same grid as symmetric int8). OpenVINO 2026.4
   moves the FakeQuantize after a Concat up onto its inputs and feeds the next Conv wrong values from a signed grid.
+* Case 12: with ``float_attention`` (ONNX Runtime), a MatMul of two activations (attention's Q·Kᵀ and
+  softmax·V) stays in float: ONNX Runtime fuses the float pair with its scale and transposes (FusedMatMul), while
+  the quantized pair costs a QuantizeLinear per input, a scale Mul and a DequantizeLinear — per-kernel overhead
+  that outweighs the int8 product on short sequences (dynamic quantization leaves them float too).
 
 Graph outputs are never quantized: the model's results stay in float.
 """
@@ -235,8 +239,11 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
     def takes_quantized(user: ir.Node) -> bool:
         if user_float(user) or user.name in region or user.name in se:
             return False
-        if user.op_type in preset.compute_ops or user.op_type in preset.shared_ops:
-            return True
+        if user.op_type in preset.compute_ops:
+            return not (preset.float_attention and user.op_type == "MatMul"
+                        and not any(_is_const(v) for v in user.inputs))  # Case 12
+        if user.op_type in preset.shared_ops:  # moves the int8 tensor on: worth it when someone reads it quantized
+            return any(takes_quantized(u) for o in user.outputs if o.name not in outputs for u in o.consumers())
         if user.op_type in preset.arith_ops:
             return all(v is not None and not _is_const(v) for v in user.inputs)
         if user.op_type in preset.post_ops:
@@ -302,6 +309,9 @@ def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_
                 continue
             if node.name in region:
                 reasons[node.name] = "mask/Softmax arithmetic"
+                continue
+            if preset.float_attention and op == "MatMul" and len(acts) == 2:  # Case 12
+                reasons[node.name] = "activation × activation (attention): the float kernel is faster here"
                 continue
             axis = weight_axis(node) if _is_const(node.inputs[1]) else None
             if op != "MatMul" and axis is None:
