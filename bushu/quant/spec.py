@@ -5,7 +5,8 @@ Policy lives here and in :mod:`bushu.quant.annotate`; the mechanism (observe →
 an engine name. The presets were chosen by measurement on a 2-core AVX2/AVX-512 machine (see
 docs/dev/quant-bench.md): ONNX Runtime fuses Q/DQ groups into integer kernels when activations are uint8 and
 weights int8 symmetric per channel ("U8S8"); with int8 activations it leaves many groups as DQ → float op → Q.
-OpenVINO runs symmetric int8 activations fast (and computed wrong results with non-zero activation zero points).
+OpenVINO runs symmetric int8 activations fast (see docs/quantize.md, "Engine notes", for the constructs OpenVINO
+2026.4 computes wrong and how the preset avoids them).
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ class EnginePreset:
 
 PRESETS: dict[str, EnginePreset] = {
     "ort": EnginePreset("ort", activations=UINT8, weights=INT8_SYM, float_stem=True, float_attention=True),
-    # Symmetric: OpenVINO 2026.4 returned wrong outputs for activations with a non-zero zero point (digits CNN
-    # top-1 0.99 → 0.67, uint8 or asymmetric int8), correct and 1.5× faster than FP32 with zero point 0.
+    # Symmetric int8: right on the digits CNN, where OpenVINO 2026.4 computes the uint8 files wrong (top-1 0.99 →
+    # 0.67; not the zero point but uint8 after a float Conv+bias in a dynamic-shape graph, docs/quantize.md), except
+    # after a Concat, where it is the signed grid OpenVINO gets wrong (concat_activations).
     "openvino": EnginePreset("openvino", activations=INT8_SYM, weights=INT8_SYM, fold_activations=False,
                              post_ops=POST_OPS, affine_post_ops=True, fold_affine=True, hardswish=True,
                              float_se=True, concat_activations=UINT8_CENTERED),
