@@ -131,3 +131,10 @@ def test_compare_silero_vad_on_openvino_takes_the_zoo_sr_and_shapes(silero_vad):
     # `bushu compare silero-vad --engines ort,openvino`: the engines get the sr and shapes the feeds are made with
     result = compare(silero_vad, engines=("ort", "openvino"), samples=2, show_progress=False)
     assert result, result.render()
+
+
+def test_openvino_if_of_dynamic_rank_says_to_fix_the_shapes(silero_vad):
+    # sr bound, but no shapes: the decoder's inner If keeps a dynamic rank, which OpenVINO's CPU plugin can't compile
+    with pytest.raises(BushuError, match=r"--shape NAME:DIMS") as e:
+        open_session(silero_vad, "openvino", values={"sr": 16000})
+    assert "\n" not in str(e.value)

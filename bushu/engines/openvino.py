@@ -174,5 +174,7 @@ class OpenVinoEngine:
         try:
             compiled = core.compile_model(ov_model, "CPU", self.config(options))
         except Exception as e:
-            raise BushuError(f"OpenVINO could not compile the model: {one_line(str(e))}") from None
+            hint = ("; give the inputs static shapes (--shape NAME:DIMS): OpenVINO compiles an If at a static rank only"
+                    if "dynamic rank" in str(e) and not shapes else "")
+            raise BushuError(f"OpenVINO could not compile the model: {one_line(str(e))}{hint}") from None
         return OpenVinoSession(compiled, inputs, outputs, bound)
