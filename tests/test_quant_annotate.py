@@ -375,3 +375,42 @@ def test_openvino_preset_stores_a_concat_output_as_uint8_with_zero_point_128(fix
         assert ov_right
     else:
         assert zps["c"].dtype == np.int8 and not ov_right, "OpenVINO now computes int8 after a Concat right"
+
+
+QKV = """
+<ir_version: 8, opset_import: ["" : 13]>
+qkv (float[1,5,8] x, float[8,8] wq, float[8] bq, float[8,8] wk, float[8] bk, float[8,4] wv, float[4] bv)
+    => (float[1,5,5] s, float[1,5,4] v) {
+  q = MatMul (x, wq)
+  qb = Add (q, bq)
+  k = MatMul (x, wk)
+  kb = Add (bk, k)
+  kt = Transpose <perm = [0, 2, 1]> (kb)
+  s = MatMul (qb, kt)
+  v0 = MatMul (x, wv)
+  v = Add (v0, bv)
+}
+"""
+
+
+def test_ort_preset_merges_sibling_projections_into_one_matmul():
+    """Q, K and V projections of one input become one MatMul + bias Add + Split (ONNX Runtime keeps a QDQ MatMul's
+    bias Add as a kernel of its own): same outputs in float, one weight to quantize, still right in INT8."""
+    from bushu.quant.prepare import prepare
+
+    rng = np.random.default_rng(5)
+    model = build(QKV, {k: rng.normal(size=s).astype(np.float32) for k, s in (
+        ("wq", (8, 8)), ("bq", (8,)), ("wk", (8, 8)), ("bk", (8,)), ("wv", (8, 4)), ("bv", (4,)))})
+    feed = {"x": rng.normal(size=(1, 5, 8)).astype(np.float32)}
+    merged, notes = prepare(model, optimize=False, merge_matmuls=True)
+    assert any("1 groups of MatMul+bias" in n for n in notes)
+    assert [n.op_type for n in merged.graph].count("MatMul") == 2 and len(by_op(merged, "Split")) == 1
+    assert by_op(merged, "Split")[0].inputs[0].producer().op_type == "Add"
+    ref = open_session(model, "ort").run(feed)
+    for k, v in open_session(merged, "ort").run(feed).items():
+        np.testing.assert_allclose(v, ref[k], rtol=1e-5, atol=1e-5)
+    q, p = quantized(merged, "ort", feed)
+    assert len(p.weights) == 1 and p.weights[0].axis == 1
+    out = open_session(q, "ort").run(feed)
+    for k in ref:
+        assert np.corrcoef(ref[k].ravel(), out[k].ravel())[0, 1] > 0.999, k

@@ -21,8 +21,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass, TopologicalSortPass
 
 from .. import ir as bir
 from ..errors import BushuError
@@ -122,8 +123,66 @@ def fold_conv_affine(model: ir.Model) -> int:
     return _run_pass("fold-conv-affine", model)
 
 
+def _biased_matmul(u: ir.Node, x: ir.Value) -> tuple[ir.Node, ir.Value] | None:
+    """``Add(MatMul(x, W), b)`` with ``W`` a constant matrix and ``b`` a constant vector: (the Add, b)."""
+    w = u.inputs[1] if u.op_type == "MatMul" and len(u.inputs) == 2 and u.inputs[0] is x else None
+    if w is None or w.const_value is None or len(w.const_value.shape) != 2 or len(w.uses()) != 1:
+        return None
+    users = u.outputs[0].consumers()
+    if len(users) != 1 or users[0].op_type != "Add" or u.outputs[0].is_graph_output():
+        return None
+    add = users[0]
+    b = add.inputs[1] if add.inputs[0] is u.outputs[0] else add.inputs[0]
+    if b is None or b.const_value is None or b.const_value.shape != (w.const_value.shape[1],):
+        return None
+    return add, b
+
+
+def merge_sibling_matmuls(model: ir.Model) -> int:
+    """``Add(MatMul(x, Wi), bi)`` for i = 1..n on the same ``x`` (a transformer's Q, K and V projections) →
+    ``Split(Add(MatMul(x, [W1 … Wn]), [b1 … bn]))``: the same function (each output column is computed as
+    before), three kernels instead of 2n. ONNX Runtime does not fuse the bias Add into its QDQ
+    ``MatMulIntegerToFloat``, so each projection cost a MatMul and an Add kernel (all-MiniLM-L6-v2 INT8: 1.72 →
+    1.88× FP32). Per-channel weight quantization is per output column: the merged weights quantize the same."""
+    g = model.graph
+    count = 0
+    for x in {v.name: v for n in g for v in n.inputs if v is not None}.values():
+        found = [(u, fb) for u in x.consumers() if (fb := _biased_matmul(u, x)) is not None]
+        if len(found) < 2:
+            continue
+        ws = [u.inputs[1].const_value.numpy() for u, _ in found]
+        bs = [b.const_value.numpy() for _, (_, b) in found]
+        if ws[0].dtype != np.float32 or any(w.shape[0] != ws[0].shape[0] for w in ws):
+            continue
+        base = found[0][0].name + "_merged"
+
+        def const(name: str, a: np.ndarray) -> ir.Value:
+            v = ir.Value(name=name, const_value=ir.tensor(a, name=name), shape=ir.Shape(a.shape),
+                         type=ir.TensorType(ir.DataType.from_numpy(a.dtype)))
+            g.register_initializer(v)
+            return v
+
+        mm = ir.node("MatMul", [x, const(f"{base}_weight", np.concatenate(ws, 1))], name=base)
+        add = ir.node("Add", [mm.outputs[0], const(f"{base}_bias", np.concatenate(bs))], name=f"{base}_bias_add")
+        split = ir.node("Split", [add.outputs[0], const(f"{base}_sizes", np.array([w.shape[1] for w in ws], np.int64))],
+                        {"axis": -1}, num_outputs=len(ws), name=f"{base}_split")
+        for v, suffix in ((mm.outputs[0], "out"), (add.outputs[0], "biased")):
+            v.name, v.dtype = f"{base}_{suffix}", ir.DataType.FLOAT
+        g.insert_before(found[0][0], [mm, add, split])
+        for (u, (a, _)), out in zip(found, split.outputs):
+            out.dtype, out.shape = a.outputs[0].dtype or ir.DataType.FLOAT, a.outputs[0].shape
+            name = a.outputs[0].name
+            a.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+            g.remove([a, u], safe=True)
+            out.name = name
+        count += 1
+    if count:
+        TopologicalSortPass()(model)
+    return count
+
+
 def prepare(model: ir.Model, *, optimize: bool = True, hardswish: bool = False,
-            fold_affine: bool = False) -> tuple[ir.Model, list[str]]:
+            fold_affine: bool = False, merge_matmuls: bool = False) -> tuple[ir.Model, list[str]]:
     """A float copy of ``model`` ready for :func:`~bushu.quant.annotate.plan`, and notes on what was done."""
     check_float(model)
     notes = []
@@ -149,6 +208,8 @@ def prepare(model: ir.Model, *, optimize: bool = True, hardswish: bool = False,
     LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model)
     if fold_affine and (folded := fold_conv_affine(model)):
         notes.append(f"{folded} constant Mul/Add after Conv/Gemm folded into their weights")
+    if merge_matmuls and (n := merge_sibling_matmuls(model)):
+        notes.append(f"{n} groups of MatMul+bias on one input merged into one MatMul + Split (one integer kernel)")
     pools = spatial_means_to_pooling(model)
     if pools:
         notes.append(f"{pools} spatial ReduceMean → GlobalAveragePool (it has an integer kernel)")

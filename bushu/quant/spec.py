@@ -105,10 +105,15 @@ class EnginePreset:
     # input, a QLinearMatMul or MatMulIntegerToFloat plus the scale Mul, and a DequantizeLinear after (all-MiniLM-L6-v2:
     # 48 → 24 QuantizeLinear, 31 → 19 Mul kernels per run; see docs/quantize.md).
     float_attention: bool = False
+    # Merge MatMul+bias Adds that read the same activation (Q/K/V projections) into one MatMul + Split before
+    # planning (bushu.quant.prepare.merge_sibling_matmuls): ONNX Runtime leaves the bias Add of a QDQ MatMul as a kernel
+    # of its own.
+    merge_matmuls: bool = False
 
 
 PRESETS: dict[str, EnginePreset] = {
-    "ort": EnginePreset("ort", activations=UINT8, weights=INT8_SYM, float_stem=True, float_attention=True),
+    "ort": EnginePreset("ort", activations=UINT8, weights=INT8_SYM, float_stem=True, float_attention=True,
+                        merge_matmuls=True),
     # Symmetric int8: right on the digits CNN, where OpenVINO 2026.4 computes the uint8 files wrong (top-1 0.99 →
     # 0.67; not the zero point but uint8 after a float Conv+bias in a dynamic-shape graph, docs/quantize.md), except
     # after a Concat, where it is the signed grid OpenVINO gets wrong (concat_activations).

@@ -66,7 +66,9 @@ class Session:
     def start(cls, model: ir.Model, feeds: Iterable[Mapping[str, np.ndarray]], config: QuantConfig, *,
               heldout: list[Feed] | None = None, total: int | None = None,
               transforms: Sequence[Callable[[ir.Model, list[Feed]], list[str]]] = ()) -> Session:
-        prepared, notes = prepare(model, hardswish=config.preset.hardswish, fold_affine=config.preset.fold_affine)
+        pr = config.preset
+        prepared, notes = prepare(model, hardswish=pr.hardswish, fold_affine=pr.fold_affine,
+                                  merge_matmuls=pr.merge_matmuls)
         if transforms:  # float-model algorithms (CLE, SmoothQuant) that change weights before calibration
             feeds = iter(feeds)
             sample = list(itertools.islice(feeds, config.heldout))
