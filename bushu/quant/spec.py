@@ -103,7 +103,7 @@ class EnginePreset:
     # Leave MatMuls of two activations (a transformer's attention: Q·Kᵀ, softmax·V) in float. ONNX Runtime runs
     # them as FusedMatMul (the 1/√d scale inside) and a plain MatMul; quantized, each costs a QuantizeLinear per
     # input, a QLinearMatMul or MatMulIntegerToFloat plus the scale Mul, and a DequantizeLinear after (all-MiniLM-L6-v2:
-    # 48 → 24 QuantizeLinear, 31 → 19 Mul kernels per run; see docs/quantize.md).
+    # 48 → 24 QuantizeLinear, 31 → 25 Mul kernels per run; see docs/quantize.md).
     float_attention: bool = False
     # Merge MatMul+bias Adds that read the same activation (Q/K/V projections) into one MatMul + Split before
     # planning (bushu.quant.prepare.merge_sibling_matmuls): ONNX Runtime leaves the bias Add of a QDQ MatMul as a kernel
