@@ -624,7 +624,12 @@ def write(out: str, rows, mach, seconds: float, rounds: int, generator: str) -> 
               "written). Dynamic batching: max_batch_size 8, max_queue_delay 2 ms (or 0, Triton's default; or "
               "max_batch_size 4 with no delay); 'none' is the same model without dynamic_batching; LitServe and "
               "FastAPI are compared with bushu's defaults (1×2, dynamic batching with no queue delay). Latencies are medians and quantiles of "
-              "per-request wall time at the client."]
+              "per-request wall time at the client.", "",
+              "Rows \"input and output in system shared memory\": the same load with the client's input tensor and the "
+              "output in system shared memory regions registered once before the load (Triton's extension, as "
+              "perf_analyzer's `--shared-memory system` uses it); each request is then a small JSON naming the regions. "
+              "\"mean batch\" is the server's own `nv_inference_count / nv_inference_exec_count` over that variant's "
+              "runs, read from `/metrics`."]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
