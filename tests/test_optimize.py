@@ -233,7 +233,8 @@ def test_output_check_without_its_weights_still_sees_their_types_and_shapes():
 
 def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passes(monkeypatch, ppocr_cls):
     """--verify end: the original runs on ORT in a thread once the first pass changed the model (beside the passes),
-    the output on the main thread; a pass that changed the results makes the result falsy, named by output."""
+    the output in that thread too, from the serialized bytes (while the main thread writes them and runs the
+    checker); a pass that changed the results makes the result falsy, named by output."""
     import threading
 
     from bushu.passes import verify
@@ -247,7 +248,7 @@ def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passe
     real = verify.run_ort
 
     def spy(model, feeds, threads=2):
-        runs.append((threading.current_thread() is threading.main_thread(), threads, len(feeds)))
+        runs.append((threading.current_thread() is threading.main_thread(), threads, len(feeds), type(model)))
         return real(model, feeds, threads)
 
     monkeypatch.setattr(verify, "run_ort", spy)
@@ -256,8 +257,9 @@ def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passe
     _, result = bushu.optimize(ppocr_cls, passes="lift-constants,perturb-weight", verify="end", latency=False,
                                show_progress=False)
     assert not result and result.verify_error and "FAIL" in result.verify_error, result.render()
-    # the reference beside the passes, then the output; one feed each (--verify end, no If/Loop/Scan)
-    assert runs == [(False, verify.PREFETCH_THREADS, 1), (True, 2, 1)]
+    # the reference beside the passes (the input file), then the output's bytes beside the write; one feed each
+    # (--verify end, no If/Loop/Scan)
+    assert runs == [(False, verify.PREFETCH_THREADS, 1, str), (False, 2, 1, bytes)]
 
 
 def test_default_samples(ppocr_cls, silero_vad):

@@ -23,6 +23,43 @@ def test_fold_batchnorm_into_conv():
     same_outputs(before, after)
 
 
+def _floats(n: int, k: int = 7) -> str:
+    return ", ".join(f"{((i * k) % 11 - 5) / 10:g}" for i in range(n))
+
+
+def test_fold_batchnorm_into_grouped_conv_transpose_and_gemm_with_beta():
+    before, after, result = optimize("""
+    g (float[N, 4, 3, 3] x, float[N, 3] u) => (float[N, 4, 4, 4] y, float[N, 2] z)
+      <float[4, 2, 2, 2] w = {%s}, float[4] s = {1.5, 0.5, 2.0, -1.0}, float[4] o = {0.1, -0.2, 0.3, 0.0},
+       float[4] m = {0.05, 0.1, -0.1, 0.2}, float[4] v = {1.0, 2.0, 0.5, 0.3},
+       float[2, 3] wg = {1, -2, 3, 0.5, 1, -1}, float[1, 2] c = {0.25, -0.5}, float[2] s2 = {0.7, 1.3},
+       float[2] o2 = {0.2, -0.1}, float[2] m2 = {0.3, -0.4}, float[2] v2 = {0.9, 1.1}> {
+      t = ConvTranspose <group = 2> (x, w)
+      y = BatchNormalization <epsilon = 0.001> (t, s, o, m, v)
+      p = Gemm <transB = 1, beta = 0.5, alpha = 2.0> (u, wg, c)
+      z = BatchNormalization (p, s2, o2, m2, v2)
+    }""" % _floats(32), "fold-batchnorm", "dead-code")
+    assert ops(after) == ["ConvTranspose", "Gemm"]
+    assert result.fired["fold-batchnorm"] == 2
+    assert "beta" not in after.graph.node(1).attributes  # folded into the bias
+    same_outputs(before, after)
+
+
+def test_fold_batchnorm_refuses_a_shared_weight_and_a_shared_product():
+    _, after, result = optimize("""
+    g (float[N, 2, 5, 5] x) => (float[N, 3, 5, 5] y, float[N, 3, 5, 5] y2, float[N, 3, 5, 5] c2)
+      <float[3, 2, 3, 3] w = {%s}, float[3] s = {1.5, 0.5, 2.0}, float[3] o = {0.1, -0.2, 0.3},
+       float[3] m = {0.05, 0.1, -0.1}, float[3] v = {1.0, 2.0, 0.5}, float[3, 2, 3, 3] w2 = {%s}> {
+      c = Conv <pads = [1, 1, 1, 1]> (x, w)
+      y = BatchNormalization (c, s, o, m, v)
+      d = Conv <pads = [1, 1, 1, 1]> (x, w)
+      c2 = Conv <pads = [1, 1, 1, 1]> (x, w2)
+      y2 = BatchNormalization (c2, s, o, m, v)
+    }""" % (_floats(54), _floats(54, 5)), "fold-batchnorm")
+    assert ops(after).count("BatchNormalization") == 2  # w is d's too; c2 is a graph output
+    assert "fold-batchnorm" not in result.fired
+
+
 def test_fold_conv_affine_takes_per_channel_mul_and_bias_add():
     before, after, result = optimize("""
     g (float[N, 2, 4, 4] x) => (float[N, 3, 4, 4] y) <float[3, 2, 1, 1] w = {1, 2, 3, 4, 5, 6},

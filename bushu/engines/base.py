@@ -145,6 +145,8 @@ class ModelFile:
 
         if isinstance(self._model, (str, os.PathLike)):
             return str(self._model)
+        if isinstance(self._model, bytes) and not self._need_path:  # a model serialized already (one protobuf)
+            return self._model
         if not self._need_path and not has_external_data(self._model) and bir.weight_bytes(self._model) < bir.EXTERNAL_DATA_THRESHOLD:
             return bir.to_bytes(self._model)
         self._tmp = tempfile.mkdtemp(prefix="bushu-engine-")

@@ -8,6 +8,7 @@ pass is rolled back, named with the first divergent node, and the pipeline goes 
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -62,6 +63,17 @@ def check_model(model: ir.Model | str | os.PathLike) -> str | None:
 STRIP_BYTES = 1024  # initializers above this size are checked by type and shape, not re-read (_check_written)
 
 
+def _nbytes(t: onnx.TensorProto) -> int:
+    """A tensor's size from its dims and type (``ByteSize()`` walks the message: 2 ms per MB-sized tensor); 0 for
+    strings (kept: their size isn't their shape's)."""
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return 0
+    try:
+        return math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, ValueError, TypeError):  # a type this onnx can't map: kept, the checker reads it
+        return 0
+
+
 def _check_written(proto: onnx.ModelProto) -> str | None:
     """:func:`check_model` of a model onnx-ir just serialized into ``proto`` (whose bytes are written): the main
     graph's initializers over ``STRIP_BYTES`` are taken out of ``proto`` (it is consumed) and declared as graph
@@ -73,7 +85,7 @@ def _check_written(proto: onnx.ModelProto) -> str | None:
     declared = {i.name for i in graph.input}
     for i in reversed(range(len(graph.initializer))):
         t = graph.initializer[i]
-        if t.ByteSize() > STRIP_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
+        if _nbytes(t) > STRIP_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
             if t.name not in declared:
                 graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
             del graph.initializer[i]
@@ -291,15 +303,21 @@ def _optimize(src: ir.Model, given: str | None, pool: ThreadPoolExecutor, output
             # Serialized once: the final check and the latency read the file; the checker, that protobuf without
             # its weights.
             proto = _in_one_proto(work)
+            checking = None
             if proto is not None:
-                written = bir.save_bytes(proto.SerializeToString(), target_path)
+                data = proto.SerializeToString()
+                # ONNX Runtime verifies these bytes in the pool thread (it releases the GIL; the reference run,
+                # queued before, is done when it starts) while this thread writes them and checks the proto.
+                if verifier is not None and not unchanged:
+                    checking = pool.submit(verifier.check, data)
+                written = bir.save_bytes(data, target_path)
                 checker_error = _check_written(proto) if not invalid else None
             else:
                 written = bir.save(work, target_path, force=force)
                 checker_error = check_model(written) if not invalid else None
             if verifier is not None:
                 if not unchanged:
-                    failure = verifier.check(str(written))
+                    failure = checking.result() if checking is not None else verifier.check(str(written))
                     verify_error = failure.reason if failure else None
                 else:
                     ctx.note("verify: no pass changed the model: the output is the input graph, not run again")

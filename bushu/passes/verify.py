@@ -89,8 +89,9 @@ def make_feeds(model: ir.Model, inputs=None, samples: int = 3, **synth) -> list[
     return synthesize_many(specs, samples, **synth)
 
 
-def run_ort(model: ir.Model | str, feeds: Sequence[Feed], threads: int = 2) -> list[dict[str, np.ndarray]]:
-    """Outputs of ``model`` (in memory, or a file ONNX Runtime reads itself) on each feed, ORT optimizations off."""
+def run_ort(model: ir.Model | str | bytes, feeds: Sequence[Feed], threads: int = 2) -> list[dict[str, np.ndarray]]:
+    """Outputs of ``model`` (in memory, a serialized model, or a file ONNX Runtime reads itself) on each feed, ORT
+    optimizations off."""
     sess = engines.open_session(model, "ort", dataclasses.replace(_RUN_OPTIONS, threads=threads))
     names = {s.name for s in sess.inputs}
     return [sess.run({k: v for k, v in f.items() if k in names}) for f in feeds]
@@ -120,7 +121,7 @@ class Verifier:
             self._reference = pending.result() if pending is not None else run_ort(self.original, self.feeds)
         return self._reference
 
-    def check(self, candidate: ir.Model | str) -> Failure | None:
+    def check(self, candidate: ir.Model | str | bytes) -> Failure | None:
         """None when ``candidate`` runs and every output of every feed is within tolerance of the original."""
         reference = self.reference
         try:
