@@ -13,6 +13,11 @@ is cut out of each model (:func:`bushu.edit.extract`) and fed with the reference
 does not mismatch (the error needs more context: a fusion across several nodes), the cut moves one producer
 further up each step until it does. The reduced model(s) and the inputs that reproduce the mismatch are written
 side by side: ``<output>``, for two models also ``<output stem>.candidate.onnx``, and ``<output stem>.inputs.npz``.
+
+Exposing every tensor can hide an engine's fault: the engine no longer fuses across tensors that are graph outputs,
+and the fault was in the fused kernel (OpenVINO 2026.4's int8 after a Concat). When the exposed runs agree but the
+models' own outputs don't, the first divergence is found by bisection over prefixes of the graph, each run as it is
+(:func:`_prefix_divergence`); the widening above then finds the context the fault needs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from . import engines as _engines
 from . import ir as bir
 from .compare import layerwise
 from .compare.metrics import Tolerance, diff
+from .compare.result import Divergence
 from .compare.signature import check_signatures
 from .edit import extract
 from .errors import BushuError
@@ -55,6 +61,7 @@ class ReduceResult(Result):
     candidate: str | None = None  # the second model, when two were given
     candidate_output: str | None = None  # its reduced part
     matched: str | None = None  # how many of the candidate's tensors were found in the reference by name
+    by_prefix: bool = False  # exposing the tensors hid the mismatch: located by bisecting over prefixes
 
     def __bool__(self) -> bool:
         return self.output is not None
@@ -75,7 +82,9 @@ class ReduceResult(Result):
                 f"written to {written} with inputs {self.inputs} ({self.mismatch})")
 
     def render(self) -> str:
-        return str(self) + (f"\n  tensors matched by name: {self.matched}" if self.matched else "")
+        how = ("\n  located by bisecting over prefixes of the graph: with every tensor exposed, the engines agree "
+               "(the engine fuses across them, and the fault is in the fused kernel)") if self.by_prefix else ""
+        return str(self) + how + (f"\n  tensors matched by name: {self.matched}" if self.matched else "")
 
 
 def _run(model: ir.Model, engine: str, feed) -> dict[str, np.ndarray]:
@@ -90,6 +99,51 @@ def _mismatch(got: dict, ref: dict, tol: Tolerance) -> str | None:
         if not d:
             return str(d)
     return None
+
+
+def _within(got: np.ndarray, ref: np.ndarray, name: str, tol: Tolerance) -> bool:
+    """``got`` within tolerance of ``ref``, the absolute part scaled to the tensor's magnitude (an intermediate
+    tensor is compared as layerwise compare does)."""
+    scale = float(np.max(np.abs(ref), initial=0.0)) if ref.dtype.kind == "f" else 1.0
+    return bool(diff(got, ref, name=name, tol=tol.scaled(scale)))
+
+
+def _prefix_divergence(src: ir.Model, cand: ir.Model, order: list[str], known: set[str], engines: tuple[str, str],
+                       feed, tol: Tolerance) -> Divergence | None:
+    """The first divergence when the exposed runs agree but the models as they are don't: exposing every tensor as
+    an output keeps an engine from fusing across them, and a fault in a fused kernel disappears (OpenVINO 2026.4's
+    int8 FakeQuantize after a Concat). Each candidate cut is a prefix of both models ending at one compared tensor,
+    run unexposed on its engine; bisection over the tensors in topological order finds the first prefix out of
+    tolerance (a fault upstream stays visible downstream). None when the models' own outputs agree."""
+    ref_engine, cand_engine = engines
+    full_ref, full_got = _run(src, ref_engine, feed), _run(cand, cand_engine, feed)
+    if not _mismatch(full_got, full_ref, tol):
+        return None
+    cuts = [n for n in order if n in known]
+
+    def wrong(name: str) -> bool:
+        a = src.clone()
+        extract(a, [], [name])
+        b = a if cand is src else cand.clone()
+        if b is not a:
+            extract(b, [], [name])
+        if not a.graph.inputs:  # computed from weights alone
+            return False
+        return not _within(_run(b, cand_engine, feed)[name], _run(a, ref_engine, feed)[name], name, tol)
+
+    lo, hi = -1, len(cuts)  # cuts[lo] within tolerance (-1: the inputs); cuts[hi] out of it (len: the outputs)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if wrong(cuts[mid]):
+            hi = mid
+        else:
+            lo = mid
+    producers = {o.name: n for n in cand.graph for o in n.outputs}
+    bad = (cuts[hi],) if hi < len(cuts) else tuple(k for k in full_ref if not _within(full_got[k], full_ref[k], k,
+                                                                                       tol))
+    node = producers[bad[0]]
+    inputs = tuple(sorted(v.name for v in node.inputs if v is not None and v.name in known))
+    return Divergence(node.name or bad[0], node.op_type, bad, inputs)
 
 
 def _widen(model: ir.Model, boundary: set[str], known: set[str]) -> set[str]:
@@ -165,14 +219,15 @@ def reduce(
                       else (set(exp_ref.tensors), None))
     ref, got = _run(exp_ref.model, ref_engine, feed), _run(exp_cand.model, cand_engine, feed)
     known = {n for n in known if n in ref and n in got}
-    passed = {}
-    for n in known:
-        scale = float(np.max(np.abs(ref[n]), initial=0.0)) if ref[n].dtype.kind == "f" else 1.0
-        passed[n] = bool(diff(got[n], ref[n], name=n, tol=tol.scaled(scale)))
+    passed = {n: _within(got[n], ref[n], n, tol) for n in known}
     div = layerwise.first_divergence(exp_cand.model.graph, passed)
+    by_prefix = False
+    if div is None:
+        div = _prefix_divergence(src, cand, exp_cand.tensors, known, (ref_engine, cand_engine), feed, tol)
+        by_prefix = div is not None
     n_before = len(cand.graph)
     names = {"model": _label(src), "engines": (ref_engine, cand_engine),
-             "candidate": _label(cand) if cand is not src else None, "matched": matched}
+             "candidate": _label(cand) if cand is not src else None, "matched": matched, "by_prefix": by_prefix}
     if div is None:
         return None, ReduceResult(first_divergence=None, nodes_before=n_before, nodes_after=None, mismatch=None,
                                   output=None, inputs=None, **names)

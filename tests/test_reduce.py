@@ -67,3 +67,39 @@ def test_reduce_refuses_models_whose_tensor_names_differ(ppocr_cls, tmp_path, cl
     bushu.save(b, tmp_path / "b.onnx")
     r = cli("reduce", ppocr_cls, tmp_path / "b.onnx", "-o", tmp_path / "r.onnx")
     assert r.returncode == 2 and "share no intermediate tensor name" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif("openvino" not in engines.available(), reason="openvino not installed")
+def test_reduce_finds_a_fault_that_exposing_the_tensors_hides(tmp_path):
+    """OpenVINO 2026.4 computes a Conv after a signed int8 Q/DQ on a Concat wrong (it moves the FakeQuantize above
+    the Concat), but only when the Concat output is not a graph output: with every tensor exposed the engines agree.
+    reduce must not say "agree" when the models' own outputs don't: it bisects over prefixes of the graph."""
+    import dataclasses
+
+    from test_quant_annotate import CONCAT, build, observed_ranges
+
+    from bushu.quant.annotate import plan
+    from bushu.quant.convert import clone, convert
+    from bushu.quant.spec import PRESETS
+
+    rng = np.random.default_rng(4)
+
+    def w(*s):
+        return (rng.normal(size=s) / np.sqrt(np.prod(s[1:]))).astype(np.float32)
+
+    model = build(CONCAT, {"wa": w(12, 4, 1, 1), "ba": w(12), "wb": w(12, 4, 3, 3), "bb": w(12), "wc": w(8, 24, 3, 3),
+                           "bc": w(8)})
+    preset = dataclasses.replace(PRESETS["openvino"], concat_activations=None)  # the signed grid OpenVINO gets wrong
+    x = rng.normal(size=(1, 4, 16, 16)).astype(np.float32)
+    p = plan(model, preset)
+    bushu.save(convert(clone(model), p, observed_ranges(model, p, {"x": x}), preset), tmp_path / "int8.onnx")
+    assert not bushu.compare(tmp_path / "int8.onnx", engines=("ort", "openvino"))
+    part, result = bushu.reduce(tmp_path / "int8.onnx", tmp_path / "reduced.onnx", engines=("ort", "openvino"))
+    assert result and result.by_prefix, result.render()
+    assert "(Conv)" in result.first_divergence and "Concat" in {n.op_type for n in part.graph}
+    assert result.nodes_after < result.nodes_before
+    with np.load(result.inputs) as z:
+        feed = {k: z[k] for k in z.files}
+    a = engines.open_session(part, "ort").run(feed)
+    b = engines.open_session(part, "openvino").run(feed)
+    assert any(not diff(b[k], a[k]) for k in a)  # the written part reproduces the mismatch at the default tolerance
