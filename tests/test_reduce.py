@@ -93,7 +93,9 @@ def test_reduce_finds_a_fault_that_exposing_the_tensors_hides(tmp_path):
     x = rng.normal(size=(1, 4, 16, 16)).astype(np.float32)
     p = plan(model, preset)
     bushu.save(convert(clone(model), p, observed_ranges(model, p, {"x": x}), preset), tmp_path / "int8.onnx")
-    assert not bushu.compare(tmp_path / "int8.onnx", engines=("ort", "openvino"))
+    compared = bushu.compare(tmp_path / "int8.onnx", engines=("ort", "openvino"), layerwise=True)
+    assert not compared and compared.layerwise.first_divergence is None
+    assert "bushu reduce" in compared.render()  # says why layerwise names no node, and what to run
     part, result = bushu.reduce(tmp_path / "int8.onnx", tmp_path / "reduced.onnx", engines=("ort", "openvino"))
     assert result and result.by_prefix, result.render()
     assert "(Conv)" in result.first_divergence and "Concat" in {n.op_type for n in part.graph}

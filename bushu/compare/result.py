@@ -36,6 +36,11 @@ class TensorDiff(Result):
         return f"{self.node} ({self.op_type}) -> {self.diff}"
 
 
+HIDDEN_BY_EXPOSING = ("the outputs differ, but with every tensor exposed no node diverges: the engine fuses across "
+                      "the exposed tensors and the fault is in a fused kernel; `bushu reduce` locates it by "
+                      "bisecting over prefixes of the graph")
+
+
 @dataclasses.dataclass(frozen=True)
 class Divergence(Result):
     """A node whose output is out of tolerance while every compared tensor it reads from is within tolerance."""
@@ -113,5 +118,7 @@ class CompareResult(Result):
                  "", fmt_table([_row(o) for o in self.outputs], _HEADER)]
         if self.layerwise is not None:
             lines += ["", "layerwise: " + self.layerwise.render()]
+            if not self and self.layerwise.first_divergence is None:
+                lines += [HIDDEN_BY_EXPOSING]
         lines += ["", "PASS" if self else "FAIL"]
         return "\n".join(lines)
