@@ -320,10 +320,10 @@ class InProcess:
     doesn't make these models faster here). ``sessions`` > 1 runs that many sessions at once, one Python thread
     each (the in-process counterpart of a server with that many instances)."""
 
-    def __init__(self, model: str, threads: int | None = None, sessions: int = 1):
+    def __init__(self, model: str, threads: int | None = None, sessions: int = 1, engine: str = "ort"):
         from bushu import engines
 
-        self.sessions = [engines.open_session(model, "ort", spin=False, threads=threads) for _ in range(sessions)]
+        self.sessions = [engines.open_session(model, engine, spin=False, threads=threads) for _ in range(sessions)]
         self.name = self.sessions[0].inputs[0].name
 
     def __call__(self, x: np.ndarray, seconds: float) -> dict:
@@ -379,8 +379,10 @@ def spread(v: np.ndarray, fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(q2)} (IQR {fmt.format(q1)}–{fmt.format(q3)})"
 
 
-def make_repo(tmp: Path, models: dict[str, str]) -> Path:
-    repo = tmp / "repo"
+def make_repo(tmp: Path, models: dict[str, str], engine: str | None = None) -> Path:
+    """The bench's repository: each model under several configurations (suffixes); ``engine`` set in each model's
+    bushu section (``bushu.toml``) when given."""
+    repo = tmp / ("repo" if engine is None else f"repo-{engine}")
     for name, src in models.items():
         for suffix, cfg in (("", "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n"),
                             ("_nodelay", "max_batch_size: 8\ndynamic_batching { }\n"),
@@ -393,6 +395,8 @@ def make_repo(tmp: Path, models: dict[str, str]) -> Path:
             (repo / f"{name}{suffix}" / "1").mkdir(parents=True)
             (repo / f"{name}{suffix}" / "1" / "model.onnx").symlink_to(src)
             (repo / f"{name}{suffix}" / "config.pbtxt").write_text(cfg)
+            if engine is not None:
+                (repo / f"{name}{suffix}" / "bushu.toml").write_text(f'[bushu]\nengine = "{engine}"\n')
     return repo
 
 
@@ -410,7 +414,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="duration of one measurement")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison (medians reported)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "dev" / "serve-bench.md"))
-    ap.add_argument("--parts", default="throughput,latency,batching,rivals",
+    ap.add_argument("--parts", default="throughput,latency,batching,openvino,rivals",
                     help="which comparisons to run (comma-separated; default: all)")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -565,6 +569,32 @@ def main() -> None:
             row("in-process ceiling: best items/s at batch 4 or 8 vs best at batch 1 (any configuration)", m,
                 f"{cn:.0f} items/s", f"{cb:.0f} items/s", f"{cb / cn:.2f}×", "", 0)
             best[m] = runs["1×2", "no queue delay"]  # bushu serve's defaults
+        # 3b. the same with the models on OpenVINO (engine in the bushu section; one instance, the engine's threads):
+        # OpenVINO, unlike ONNX Runtime here, gains from batches in-process
+        if "openvino" in parts:
+            ov_repo = make_repo(Path(tmp), {m: models[m] for m in ("cls", "mnv3")}, engine="openvino")
+            ov = servers.enter_context(ServerProcess(ov_repo, "--grpc-port", "-1", "--max-queue-size", "1024"))
+            ov_port, ov_metrics = int(ov.http.split(":")[1]), ov.metrics
+        for m in ("cls", "mnv3") if "openvino" in parts else ():
+            x1, x8 = x_of(m, 1), x_of(m, 8)
+            body, hdr = binary_body(inputs[m][0], x1)
+            inproc = InProcess(models[m], engine="openvino")
+            one, eight = alternate(R, lambda: inproc(x1, S), lambda: inproc(x8, S))
+            row("OpenVINO in-process items/s, batch 8 vs batch 1 (the engine's own batching gain)", m,
+                f"{med(one, 'items_per_s'):.0f} items/s at 1", f"{med(eight, 'items_per_s'):.0f} items/s at 8",
+                spread(per_round(one, "items_per_s", eight, "items_per_s")) + "×", "", 0)
+            variants = {"none": "_nobatch", "2 ms queue delay": "", "no queue delay": "_nodelay"}
+            before = executions(ov_metrics)
+            got = alternate(R, *(served(ov_port, f"/v2/models/{m}{v}/infer", body, hdr, 8) for v in variants.values()))
+            after = executions(ov_metrics)
+            runs = dict(zip(variants, got))
+            for k, v in list(variants.items())[1:]:
+                n, e = (after.get(m + v, (0, 0))[i] - before.get(m + v, (0, 0))[i] for i in (0, 1))
+                gain = per_round(runs["none"], "rps", runs[k], "rps")
+                row(f"8 clients, batch 1, OpenVINO (1 instance): dynamic batching ({k}) vs none", m,
+                    _rps(runs["none"]), _rps(runs[k]) + f", mean batch {n / max(e, 1):.1f}", spread(gain) + "×",
+                    "≥ 1.5×" + (" ✓" if np.median(gain) >= 1.5 else " ✗"),
+                    sum(r["errors"] for r in runs["none"] + runs[k]))
         # 4. the same 8-client load on LitServe and FastAPI + ORT (bushu as it starts: 1×2, batching, no delay)
         for kind in ("litserve", "fastapi") if "rivals" in parts else ():
             for m in ("cls", "mnv3"):
