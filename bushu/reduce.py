@@ -40,6 +40,7 @@ from .errors import BushuError
 from .passes.verify import make_feeds
 from .results import Result
 from .run import save_npz
+from .search import first_true
 
 MAX_STEPS = 32
 DEFAULT_TOL = Tolerance()  # bushu compare's defaults: the mismatch a user sees there is the one reduced here
@@ -131,13 +132,8 @@ def _prefix_divergence(src: ir.Model, cand: ir.Model, order: list[str], known: s
             return False
         return not _within(_run(b, cand_engine, feed)[name], _run(a, ref_engine, feed)[name], name, tol)
 
-    lo, hi = -1, len(cuts)  # cuts[lo] within tolerance (-1: the inputs); cuts[hi] out of it (len: the outputs)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if wrong(cuts[mid]):
-            hi = mid
-        else:
-            lo = mid
+    # -1 stands for the inputs (within tolerance), len(cuts) for the outputs (out of it)
+    hi = first_true(-1, len(cuts), lambda i: wrong(cuts[i]))
     producers = {o.name: n for n in cand.graph for o in n.outputs}
     bad = (cuts[hi],) if hi < len(cuts) else tuple(k for k in full_ref if not _within(full_got[k], full_ref[k], k,
                                                                                        tol))

@@ -22,6 +22,7 @@ import numpy as np
 from ..compare.metrics import Tolerance, diff, merge
 from ..errors import BushuError
 from ..results import Result
+from ..search import first_true
 
 _METRICS = {"cosine": ">=", "snr": ">=", "maxabs": "<=", "top1-drop": "<=", "eval-drop": "<="}
 
@@ -154,13 +155,7 @@ def search(evaluate: Callable[[frozenset[str]], float], ranked: Sequence[str], b
         if k >= len(ranked):
             return steps
         lo, k = k, min(len(ranked), max(1, 2 * k))
-    hi = k
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if attempt(mid).met:
-            hi = mid
-        else:
-            lo = mid
+    hi = first_true(lo, k, lambda i: attempt(i).met)
     attempt(hi)  # make sure the answer is recorded last among the passing ones
     steps.sort(key=lambda s: (not s.met, len(s.float_layers)))
     return steps

@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from ..edit import extract
 from ..results import Result
+from ..search import first_true
 from .budget import Accuracy, accuracy
 from .static import run_all
 
@@ -167,14 +168,7 @@ def first_divergent(float_model: ir.Model, quantized: ir.Model, feed: Mapping[st
 
     if not cuts or not wrong(len(cuts) - 1):
         return None
-    lo, hi = -1, len(cuts) - 1  # cuts[lo] right (lo = -1: the inputs), cuts[hi] wrong
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if wrong(mid):
-            hi = mid
-        else:
-            lo = mid
-    layer = cuts[hi][2]
+    layer = cuts[first_true(-1, len(cuts) - 1, wrong)][2]  # -1: the inputs, right
     return f"'{layer.name}' ({layer.op_type})"
 
 
