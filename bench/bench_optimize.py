@@ -10,7 +10,16 @@ all timed runs, and each tool's ratio to the original (median of the per-round r
 bushu ÷ onnxsim and bushu ÷ onnxslim, each the median of the per-round ratios with its IQR, and a verdict: "≤" when
 the median ≤ 1, "level (within noise)" when the IQR contains 1, "slower" otherwise. A control variant, onnxslim's
 file opened again in a session of its own, scored against onnxslim the same way, shows how far two sessions of one
-graph differ (a "slower" or "≤" there is noise, not a graph effect).
+graph differ (a "slower" or "≤" there is noise, not a graph effect). On OpenVINO a model with zoo scalar values
+(silero VAD's ``sr``) runs every variant with them bound and its inputs at the feed's static shapes (``open_timed``).
+
+Stage 2 (``--decide-rounds``, default 30) decides every (model, engine) where a bushu cell's stage-1 verdict is
+not "≤": one focused interleaved run of onnxsim's, onnxslim's, bushu's and the control's files, each opened in two
+sessions (a file is not judged by one session's luck), a sample being a batch of runs lasting ≥ 5 ms (tiny models),
+every session ``--decide-budget`` s per round in a rotated order; a file's round value is the geometric mean of its
+two sessions' medians. Each ratio gets its median over rounds with the 95% order-statistics confidence interval
+(which narrows with more rounds, unlike an IQR), and a verdict: "≤" when the median ≤ 1, "equal (±2%)" when the CI
+contains 1 and lies within 0.98–1.02, "slower" when the CI lies above 1, else "undecided".
 
 Wall time to optimize, in-process with every library imported and warmed up first (no tool pays its imports):
 onnxsim once; onnxslim and ``bushu optimize --verify end --no-latency`` alternated ``--wall-rounds`` times (median)
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import shutil
 import sys
 import tempfile
@@ -38,7 +48,7 @@ import onnx
 import bushu
 from bushu import engines, zoo, zoo_torch
 from bushu.engines.base import EngineOptions
-from bushu.passes.verify import make_feeds
+from bushu.passes.verify import make_feeds, zoo_defaults
 from bushu.timing import machine, measure
 
 # "control": onnxslim's file again, in a session of its own: a graph equal to onnxslim's, so its ratio to onnxslim is
@@ -127,12 +137,24 @@ def max_diff(ref: dict, path: Path, feed) -> tuple[float, bool]:
     return worst, ok
 
 
-def interleaved(paths: dict[str, Path], engine: str, feed, rounds: int, budget: float) -> dict[str, dict]:
+def open_timed(path: Path, engine: str, values: dict, feed=None):
+    """A session for timing: all optimizations on, 2 threads, idle threads not spinning. On OpenVINO, a model with
+    zoo scalar values (silero VAD's ``sr``) gets them bound and its other inputs fixed to the feed's shapes, as
+    ``bushu bench`` does, alike for every variant (its If compiles only at a static rank); ONNX Runtime runs every
+    file as it is."""
+    ov = engine == "openvino" and bool(values)
+    shapes = {k: tuple(np.shape(v)) for k, v in (feed or {}).items() if k not in values} if ov else {}
+    opts = EngineOptions(opt_level="all", threads=2, spin=False, values=values if ov else {}, shapes=shapes)
+    return engines.open_session(str(path), engine, opts)
+
+
+def interleaved(paths: dict[str, Path], engine: str, feed, rounds: int, budget: float,
+                values: dict | None = None) -> dict[str, dict]:
     """Latency of every variant on ``engine``, round-robin: {tool: {samples, round_medians}} (missing: can't load)."""
     sessions = {}
     for tool, path in paths.items():
         try:
-            s = engines.open_session(str(path), engine, EngineOptions(opt_level="all", threads=2, spin=False))
+            s = open_timed(path, engine, values or {}, feed)
         except bushu.BushuError:
             continue
         names = {i.name for i in s.inputs}
@@ -205,12 +227,130 @@ def bench(selected: list[str], rounds: int, budget: float, wall_rounds: int, eac
             nodes, const = counts(path)
             res["rows"][tool] = {"nodes": nodes, "constants": const, "kib": path.stat().st_size / 1024,
                                  "max_diff": max_diff(ref, path, feed) if tool != "original" else (0.0, True)}
-        res["latency"] = {e: interleaved(paths, e, feed, rounds, budget) for e in ENGINES
+        values = zoo_defaults(src)[1]
+        res["latency"] = {e: interleaved(paths, e, feed, rounds, budget, values) for e in ENGINES
                           if e in engines.available()}
+        res["_paths"], res["_feed"], res["_values"] = paths, feed, values  # for the deciding stage
         print(name, {k: (round(v, 2) if v else v) for k, v in res["wall"].items()},
               {t: r["nodes"] for t, r in res["rows"].items()}, file=sys.stderr, flush=True)
         results.append(res)
     return results
+
+
+# ---- stage 2: deciding the contested cells ----------------------------------------------------------------------
+DECIDE_FILES = ("onnxsim", "onnxslim", "bushu", "control")
+SESSIONS_PER_FILE = 2  # each file opened twice, so no file is judged by one session's luck (arena, alignment)
+SAMPLE_MS = 5.0  # a timed sample is a batch of runs lasting at least this long (tiny models: 0.04 ms a run)
+EQUAL_MARGIN = 0.02  # "equal": the median ratio's 95% CI lies within 1 ± this and contains 1
+
+
+def median_ci(x, level: float = 0.95) -> tuple[float, float, float]:
+    """(median, lo, hi): the distribution-free order-statistics confidence interval of the median of ``x`` (the
+    interval between the j-th smallest and j-th largest value, j the largest rank whose binomial(n, ½) tail is
+    ≤ (1 - level) / 2). Unlike an IQR, it narrows as rounds are added."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    n = x.size
+    alpha, cdf, k = (1 - level) / 2, 0.0, 0
+    while k < n:  # find the largest k with P(Bin(n, ½) ≤ k - 1) ≤ alpha: then [X(k), X(n-k+1)] covers ≥ level
+        cdf += math.comb(n, k) / 2**n  # P(Bin ≤ k)
+        if cdf > alpha:
+            break
+        k += 1
+    k = max(k, 1)  # under 6 rounds no interval reaches the level: the full range
+    return float(np.median(x)), float(x[k - 1]), float(x[n - k])
+
+
+def decided(ci: tuple[float, float, float]) -> str:
+    """The stage-2 verdict on a ratio's (median, lo, hi): "≤" when the median ≤ 1; "equal (±2%)" when the 95% CI
+    contains 1 and lies within 1 ± EQUAL_MARGIN; "slower" when the CI lies above 1; otherwise "undecided"."""
+    med, lo, hi = ci
+    if med <= 1.0:
+        return "≤"
+    if lo > 1.0:
+        return "slower"
+    if 1 - EQUAL_MARGIN <= lo and hi <= 1 + EQUAL_MARGIN:
+        return f"equal (±{EQUAL_MARGIN:.0%})"
+    return "undecided"
+
+
+def decide_cell(paths: dict[str, Path], engine: str, feed, values: dict, rounds: int, budget: float) -> dict:
+    """One focused interleaved run on ``engine`` of onnxsim's, onnxslim's, bushu's and the control's files, each in
+    SESSIONS_PER_FILE sessions. A sample is ``reps`` runs timed together (reps from the warm-up, so a sample lasts
+    ≥ SAMPLE_MS); per round every session gets ``budget`` seconds in a rotated order and gives its median per-run
+    time; a file's round value is the geometric mean of its sessions'. Returns {"ratios": {(tool, anchor): per-round
+    ratios}, "reps": reps, "ms": {tool: median per-run ms}}."""
+    sessions = []
+    for tool in DECIDE_FILES:
+        if tool not in paths:
+            continue
+        for k in range(SESSIONS_PER_FILE):
+            s = open_timed(paths[tool], engine, values, feed)
+            names = {i.name for i in s.inputs}
+            sessions.append((tool, k, s, {n: v for n, v in feed.items() if n in names}))
+    one = min(measure(lambda s=s, f=f: s.run(f), warmup_s=0.2, budget_s=0.1, min_reps=3).median_ms
+              for _, _, s, f in sessions)
+    reps = max(1, math.ceil(SAMPLE_MS / one))
+
+    def batch(s, f):
+        for _ in range(reps):
+            s.run(f)
+
+    per = {(t, k): [] for t, k, _, _ in sessions}
+    for r in range(rounds):
+        order = sessions[r % len(sessions):] + sessions[: r % len(sessions)]
+        for tool, k, s, f in (order if r % 2 == 0 else order[::-1]):
+            lat = measure(lambda s=s, f=f: batch(s, f), warmup_s=0.0, budget_s=budget, min_reps=3)
+            per[(tool, k)].append(lat.median_ms / reps)
+    tools = list(dict.fromkeys(t for t, _ in per))
+    value = {t: np.exp(np.mean([np.log(per[(t, k)]) for k in range(SESSIONS_PER_FILE)], axis=0)) for t in tools}
+    pairs = [("bushu", "onnxsim"), ("bushu", "onnxslim"), ("control", "onnxslim")]
+    return {"ratios": {(a, b): value[a] / value[b] for a, b in pairs if a in value and b in value},
+            "reps": reps, "ms": {t: float(np.median(value[t])) for t in tools},
+            "sessions": {f"{t}#{k}": float(np.median(v)) for (t, k), v in per.items()}}
+
+
+def decide(results: list[dict], rounds: int, budget: float) -> None:
+    """Stage 2: every (model, engine) with a bushu cell whose stage-1 verdict is not "≤" is re-timed by
+    :func:`decide_cell`; the result goes to ``res["decided"][engine]``."""
+    for res in results:
+        res["decided"] = {}
+        for e, lat in res.get("latency", {}).items():
+            cells = [a for a in ("onnxsim", "onnxslim")
+                     if (r := ratio(lat, "bushu", a)) is not None and verdict(r) != "≤"]
+            if not cells:
+                continue
+            t0 = time.perf_counter()
+            res["decided"][e] = decide_cell(res["_paths"], e, res["_feed"], res["_values"], rounds, budget)
+            res["decided"][e]["cells"] = cells
+            print("decided", res["model"], e, cells, f"{time.perf_counter() - t0:.0f} s",
+                  {k: _ci(median_ci(v)) for k, v in res["decided"][e]["ratios"].items()}, file=sys.stderr, flush=True)
+
+
+def _ci(c) -> str:
+    return f"{c[0]:.3f} [{c[1]:.3f}, {c[2]:.3f}]"
+
+
+def decide_table(results: list[dict]) -> str:
+    head = ["model", "engine", "runs per sample", "ms per run: bushu / onnxsim / onnxslim",
+            "bushu ÷ onnxsim [95% CI]", "bushu ÷ onnxslim [95% CI]", "control ÷ onnxslim [95% CI]",
+            "session spread (max ÷ min of the 8)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res in results:
+        for e, d in res.get("decided", {}).items():
+            cells = [res["model"], e, str(d["reps"]),
+                     " / ".join(f"{d['ms'][t]:.3f}" if t in d["ms"] else "n/a" for t in ("bushu", "onnxsim",
+                                                                                        "onnxslim"))]
+            for pair in (("bushu", "onnxsim"), ("bushu", "onnxslim"), ("control", "onnxslim")):
+                if pair not in d["ratios"]:
+                    cells.append("n/a")
+                    continue
+                c = median_ci(d["ratios"][pair])
+                staged = "" if pair[0] == "control" or pair[1] in d["cells"] else " (stage 1: ≤)"
+                cells.append(f"{_ci(c)} {decided(c)}{staged}")
+            v = list(d["sessions"].values())
+            cells.append(f"{max(v) / min(v):.3f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def verdict(r: tuple[float, float, float]) -> str:
@@ -281,7 +421,10 @@ def tables(results: list[dict]) -> str:
             lat = res["latency"].get(e, {})
             for anchor in ("onnxsim", "onnxslim"):
                 r = ratio(lat, "bushu", anchor) if anchor in rows else None
-                cells.append("n/a" if r is None else f"{_ratio(r)} {verdict(r)}")
+                d = res.get("decided", {}).get(e)
+                then = (f" → {decided(median_ci(d['ratios'][('bushu', anchor)]))}"
+                        if d and anchor in d["cells"] and ("bushu", anchor) in d["ratios"] else "")
+                cells.append("n/a" if r is None else f"{_ratio(r)} {verdict(r)}{then}")
             # the control is onnxslim's own file in a session of its own: its ratio to onnxslim is what a ratio
             # looks like with no cause in the graph (session-to-session spread); it gets the same verdict rule.
             c = ratio(lat, "control", "onnxslim")
@@ -303,13 +446,22 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=0.25, help="seconds per variant per round (default 0.25)")
     p.add_argument("--wall-rounds", type=int, default=5, help="onnxslim / bushu optimize alternations (default 5)")
     p.add_argument("--no-each", action="store_true", help="skip the --verify each wall time")
+    p.add_argument("--decide-rounds", type=int, default=30,
+                   help="rounds of the focused run deciding each contested cell (default 30; 0: no stage 2)")
+    p.add_argument("--decide-budget", type=float, default=0.1,
+                   help="seconds per session per round in the deciding run (default 0.1)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     results = bench([s for s in args.models.split(",") if s], args.rounds, args.budget, args.wall_rounds,
                     not args.no_each)
-    text = (f"Measured on {machine()}; {time.perf_counter() - t0:.0f} s.\n\nCommand: `flock -x /tmp/bushu-quiet.lock "
-            f".venv/bin/python bench/bench_optimize.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-            + tables(results))
+    t1 = time.perf_counter()
+    if args.decide_rounds:
+        decide(results, args.decide_rounds, args.decide_budget)
+    text = (f"Measured on {machine()}; {t1 - t0:.0f} s, then {time.perf_counter() - t1:.0f} s deciding.\n\n"
+            f"Command: `flock -x /tmp/bushu-quiet.lock .venv/bin/python bench/bench_optimize.py "
+            f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + tables(results))
+    if any(r.get("decided") for r in results):
+        text += ("\n### Stage 2: the contested cells decided\n\n" + decide_table(results) + "\n")
     print(text)
     if args.out:
         Path(args.out).write_text(text)
