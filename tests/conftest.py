@@ -38,6 +38,19 @@ def silero_vad() -> Path:
 
 
 @pytest.fixture(scope="session")
+def speech_16k():
+    """1 s of real speech, mono float32 at 16 kHz (tests/data/speech-16k.wav: `espeak-ng -v en -s 150 -w s.wav
+    "bushu deploys neural networks on every engine"`, resampled 22050 -> 16000 Hz with scipy.signal.resample_poly,
+    2048 samples of silence before, cut at 1 s)."""
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(ROOT / "tests" / "data" / "speech-16k.wav")) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+
+
+@pytest.fixture(scope="session")
 def torch_zoo():
     """``torch_zoo("digits-cnn", legacy=False) -> Path``: cached ONNX exports of bushu.zoo_torch models."""
     import bushu.zoo_torch as zt

@@ -271,7 +271,7 @@ def test_gather_of_arange_becomes_reshape():
     np.testing.assert_array_equal(open_session(m, "ort").run({"x": x})["y"], want)
 
 
-def test_ncnn_converts_after_preparation(digits_onnx, silero_vad, tmp_path):
+def test_ncnn_converts_after_preparation(digits_onnx, silero_vad, speech_16k, tmp_path):
     # digits-cnn (dynamo export): pnnx alone leaves a Gather of the batch arithmetic; batch 1 + folding fixes it
     r = bushu.convert(digits_onnx, "ncnn", tmp_path / "digits")
     assert r and r.outputs[0].max_abs < 1e-4, r.render()
@@ -283,20 +283,20 @@ def test_ncnn_converts_after_preparation(digits_onnx, silero_vad, tmp_path):
     assert layout == {"inputs": {"state": [[2, 1, 128], [1, 2, 128]]}, "outputs": {"stateN": [[2, 1, 128], [1, 2, 128]]}}
     with pytest.raises(ConversionError, match="--value sr="):
         open_session(silero_vad, "ncnn")  # no value to bind
-    vad = open_session(silero_vad, "ncnn", values={"sr": 16000}, shapes={"input": (1, 512), "state": (2, 1, 128)})
-    rng = np.random.default_rng(1)
-    feed = {"input": (0.1 * rng.standard_normal((1, 512))).astype(np.float32), "state": np.zeros((2, 1, 128), np.float32),
-            "sr": np.asarray(16000, np.int64)}
+    vad = open_session(silero_vad, "ncnn", values={"sr": 16000}, shapes=bushu.zoo.MODELS["silero-vad"].shapes)
+    windows = bushu.zoo.silero_windows(speech_16k)[2:6]  # silence, then the first words (64 of context + 512 new)
+    feed = {"input": windows[0], "state": np.zeros((2, 1, 128), np.float32), "sr": np.asarray(16000, np.int64)}
     want = open_session(silero_vad, "ort").run(feed)
-    for _ in range(3):  # the state carried from chunk to chunk, as a VAD runs
+    for x in windows[1:]:  # the state carried from window to window, as a VAD runs
         got = vad.run(feed)
         assert got["stateN"].shape == (2, 1, 128)
         np.testing.assert_allclose(got["output"], want["output"], atol=1e-5)
         np.testing.assert_allclose(got["stateN"], want["stateN"], atol=1e-5)
-        feed["state"] = got["stateN"]
+        feed = {**feed, "input": x, "state": got["stateN"]}
         want = open_session(silero_vad, "ort").run(feed)
+    assert want["output"].item() > 0.5  # speech heard: the model was fed what it expects
     with pytest.raises(BushuError, match="batch 1"):
-        vad.run({**feed, "input": np.zeros((2, 512), np.float32)})
+        vad.run({**feed, "input": np.zeros((2, 576), np.float32)})
 
 
 def test_flattened_softmax_becomes_softmax():

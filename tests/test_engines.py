@@ -98,31 +98,53 @@ def test_reference_engine_refuses_large_models(ppocr_rec):
         ReferenceEngine(max_weight_bytes=1_000_000).load(str(ppocr_rec), options=None)
 
 
-def test_openvino_runs_silero_vad_with_sr_bound(silero_vad):
-    """With ``sr`` given (EngineOptions.values), OpenVINO gets the model with sr a constant and its If folded into
-    the taken branch, so it converts; it matches ONNX Runtime over a second of real speech (eSpeak NG, 16 kHz: a
-    little silence, then a sentence), state carried from chunk to chunk, each chunk 512 samples + 64 of context."""
-    import wave
-    from pathlib import Path
+def _vad(session, windows) -> list[float]:
+    """Speech probability per window, the state carried from window to window (silero-vad's streaming)."""
+    state, probs = np.zeros((2, 1, 128), np.float32), []
+    for x in windows:
+        out = session.run({"input": x, "state": state, "sr": np.asarray(16000, np.int64)})
+        state = out["stateN"]
+        probs.append(float(out["output"].ravel()[0]))
+    return probs
 
-    # tests/data/speech-16k.wav: `espeak-ng -v en -s 150 -w s.wav "bushu deploys neural networks on every engine"`,
-    # resampled 22050 -> 16000 Hz (scipy.signal.resample_poly), 2048 samples of silence before, cut at 1 s
-    with wave.open(str(Path(__file__).parent / "data" / "speech-16k.wav")) as w:
-        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
-    ov = open_session(silero_vad, "openvino", values={"sr": 16000}, shapes={"input": (1, 576), "state": (2, 1, 128)})
+
+def test_silero_vad_hears_speech_only_with_its_context(silero_vad, speech_16k):
+    """The zoo's input shape is what silero-vad's own wrapper feeds: 64 samples of context + 512 new. On real speech
+    (2048 samples of silence, then a sentence) the windows of silence read < 0.5 and every window of speech > 0.5;
+    fed the 512 new samples alone the model hears nothing (~0 throughout), which this check must catch."""
+    assert zoo.MODELS["silero-vad"].shapes["input"] == (1, zoo.SILERO_CONTEXT + zoo.SILERO_CHUNK) == (1, 576)
+    sess = open_session(silero_vad, "ort")
+    windows = zoo.silero_windows(speech_16k)
+    assert windows.shape == (31, 1, 576)
+    np.testing.assert_array_equal(windows[5, 0], speech_16k[5 * 512 - 64:6 * 512])
+    np.testing.assert_array_equal(windows[0, 0, :64], 0)
+
+    def heard(probs):  # windows 0-3 are silence (speech starts at sample 2048 = window 4)
+        return max(probs[:4]) < 0.5 and min(probs[4:]) > 0.5
+
+    probs = _vad(sess, windows)
+    assert heard(probs), probs
+    no_context = _vad(sess, windows[:, :, 64:])
+    assert not heard(no_context) and max(no_context) < 0.1, no_context
+
+
+def test_openvino_runs_silero_vad_with_sr_bound(silero_vad, speech_16k):
+    """With ``sr`` given (EngineOptions.values), OpenVINO gets the model with sr a constant and its If folded into
+    the taken branch, so it converts; it matches ONNX Runtime over a second of real speech, state carried from
+    window to window (silero's own windows: 512 new samples + 64 of context)."""
+    ov = open_session(silero_vad, "openvino", values={"sr": 16000}, shapes=zoo.MODELS["silero-vad"].shapes)
     ort = open_session(silero_vad, "ort")
     sr = np.asarray(16000, np.int64)
     state = {"ov": np.zeros((2, 1, 128), np.float32), "ort": np.zeros((2, 1, 128), np.float32)}
     probs = []
-    for i in range(64, len(audio) - 512 + 1, 512):
-        x = audio[None, i - 64:i + 512]
+    for x in zoo.silero_windows(speech_16k):
         a = ov.run({"input": x, "state": state["ov"], "sr": sr})
         b = ort.run({"input": x, "state": state["ort"], "sr": sr})
         for name in ("output", "stateN"):
             assert diff(a[name], b[name], name=name), diff(a[name], b[name], name=name)
         state = {"ov": a["stateN"], "ort": b["stateN"]}
         probs.append(float(b["output"].ravel()[0]))
-    assert max(probs[:3]) < 0.1 and np.median(probs[8:]) > 0.9  # silence, then speech: the VAD really ran
+    assert max(probs[:4]) < 0.1 and np.median(probs[8:]) > 0.9  # silence, then speech: the VAD really ran
     with pytest.raises(BushuError, match="sr=16000 fixed"):
         ov.run({"input": x, "state": state["ov"], "sr": np.asarray(8000, np.int64)})
 

@@ -194,7 +194,7 @@ def test_ppocr_det(ppocr_det):
 
 
 def test_silero_vad_control_flow(silero_vad):
-    r = bushu.inspect(silero_vad, {"input": (1, 512), "state": (2, 1, 128)})
+    r = bushu.inspect(silero_vad, {"input": (1, 576), "state": (2, 1, 128)})
     proto = onnx.load(str(silero_vad))
     in_bodies = 0
     stack = [a.g for n in proto.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]

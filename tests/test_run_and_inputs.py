@@ -29,7 +29,7 @@ def test_run_ppocr_rec_on_ort_matches_onnxruntime(ppocr_rec):
 
 
 def test_run_silero_vad_needs_its_sample_rate(silero_vad, tmp_path, cli):
-    r = cli("run", silero_vad, "--value", "sr=16000", "--shape", "input:1x512", "--shape", "state:2x1x128",
+    r = cli("run", silero_vad, "--value", "sr=16000", "--shape", "input:1x576", "--shape", "state:2x1x128",
             "--save-outputs", tmp_path / "out.npz", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -163,8 +163,8 @@ def test_a_zoo_models_file_runs_without_its_extra_flags(silero_vad):
     res = bushu.run(silero_vad)
     by_name = {t.name: t for t in res.inputs}
     assert res and by_name["sr"].min == 16000 and by_name["state"].shape == (2, 1, 128)
-    mine = {t.name: t for t in bushu.run(silero_vad, values={"sr": 8000}, shapes={"input": (1, 256)}).inputs}
-    assert mine["sr"].min == 8000 and mine["input"].shape == (1, 256)  # the user's own values win
+    mine = {t.name: t for t in bushu.run(silero_vad, values={"sr": 8000}, shapes={"input": (1, 288)}).inputs}
+    assert mine["sr"].min == 8000 and mine["input"].shape == (1, 288)  # the user's own values win
 
 
 def test_unknown_arguments_are_named_by_their_subcommand(capsys):

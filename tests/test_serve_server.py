@@ -16,7 +16,7 @@ import orjson
 import pytest
 from onnx import TensorProto, helper
 
-from bushu import engines
+from bushu import engines, zoo
 from bushu.engines.base import EngineOptions
 from bushu.serve.process import ServerProcess
 
@@ -35,6 +35,8 @@ NP = {"BOOL": bool, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
       "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
       "FP32": np.float32, "FP64": np.float64, "BYTES": object}
 
+# silero VAD streaming (bushu.zoo.silero_streaming): the client sends each 512-sample chunk once; the server keeps
+# the LSTM state and the 64 samples of context silero-vad's own wrapper prepends
 VAD_CONFIG = """
 max_batch_size: 0
 input [ { name: "input" data_type: TYPE_FP32 dims: [ 1, 512 ] },
@@ -43,7 +45,9 @@ output [ { name: "output" data_type: TYPE_FP32 dims: [ 1, 1 ] } ]
 sequence_batching {
   max_sequence_idle_microseconds: 5000000
   state [ { input_name: "state" output_name: "stateN" data_type: TYPE_FP32 dims: [ 2, 1, 128 ]
-            initial_state { name: "zeros" data_type: TYPE_FP32 dims: [ 2, 1, 128 ] zero_data: true } } ]
+            initial_state { name: "zeros" data_type: TYPE_FP32 dims: [ 2, 1, 128 ] zero_data: true } },
+          { input_name: "context" output_name: "contextN" data_type: TYPE_FP32 dims: [ 1, 64 ]
+            initial_state { name: "zeros" data_type: TYPE_FP32 dims: [ 1, 64 ] zero_data: true } } ]
 }
 """
 # a merge window long enough that 8 concurrent clients on 2 cores land in one batch
@@ -70,11 +74,13 @@ def _link(repo, name, src, config=None):
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, ppocr_cls, ppocr_rec, silero_vad, digits_onnx):
+def repo(tmp_path_factory, ppocr_cls, ppocr_rec, digits_onnx):
     repo = tmp_path_factory.mktemp("repo")
     _link(repo, "cls", ppocr_cls, CLS_CONFIG)
     _link(repo, "rec", ppocr_rec, REC_CONFIG)
-    _link(repo, "vad", silero_vad, VAD_CONFIG)
+    (repo / "vad" / "1").mkdir(parents=True)
+    zoo.silero_streaming(repo / "vad" / "1" / "model.onnx")
+    (repo / "vad" / "config.pbtxt").write_text(VAD_CONFIG)
     _link(repo, "digits", digits_onnx)
     (repo / "echo" / "1").mkdir(parents=True)
     onnx.save(echo_model(), repo / "echo" / "1" / "model.onnx")
@@ -101,7 +107,7 @@ def grpc(server):
 def local(repo):
     """In-process ONNX Runtime sessions on the same files."""
     return {n: engines.open_session(str(repo / n / "1" / "model.onnx"), "ort", EngineOptions(threads=1))
-            for n in ("cls", "rec", "vad", "digits")}
+            for n in ("cls", "rec", "digits")}
 
 
 def _http_infer(client, model, arrays, binary=True, outputs=None, **kw):
@@ -254,22 +260,23 @@ def test_dynamic_batching_merges_concurrent_requests_and_splits_results(http, lo
     assert 'bushu_batch_size_bucket{model="cls",version="1",le="1"}' in metrics
 
 
-def test_silero_vad_streams_equal_in_process(http, grpc, local):
-    """Two sequences interleaved (one over HTTP, one over gRPC); state kept by the server equals running the
-    chunks in order in-process."""
+def test_silero_vad_streams_equal_in_process(http, grpc, silero_vad, speech_16k):
+    """Two sequences interleaved (real speech over HTTP, noise over gRPC), each chunk sent once: the state and the
+    context the server keeps equal silero-vad's own streaming in-process (windows of 64 samples of context + 512
+    new, state carried), and the speech is heard."""
     rng = np.random.default_rng(4)
-    t = np.arange(512 * 12) / 16000
-    audio = [(0.5 * np.sin(2 * np.pi * 220 * t) * (t > 0.15) + 0.05 * rng.standard_normal(t.size)).astype(np.float32),
-             (0.05 * rng.standard_normal(t.size)).astype(np.float32)]
-    chunks = [a.reshape(-1, 1, 512) for a in audio]
+    audio = [speech_16k[:512 * 12], (0.05 * rng.standard_normal(512 * 12)).astype(np.float32)]
+    vad = engines.open_session(silero_vad, "ort", EngineOptions(threads=1))
     want = []
-    for c in chunks:
+    for a in audio:
         state, probs = np.zeros((2, 1, 128), np.float32), []
-        for ch in c:
-            out = local["vad"].run({"input": ch, "state": state, "sr": np.array(16000, np.int64)})
+        for w in zoo.silero_windows(a):
+            out = vad.run({"input": w, "state": state, "sr": np.array(16000, np.int64)})
             state = out["stateN"]
             probs.append(out["output"])
         want.append(np.concatenate(probs))
+    assert want[0][:4].max() < 0.5 < want[0][4:].min() and want[1].max() < 0.5  # silence, speech; noise
+    chunks = [a.reshape(-1, 1, 512) for a in audio]
     sr = np.array([16000], np.int64)
     got = [[], []]
     n = len(chunks[0])
@@ -283,10 +290,6 @@ def test_silero_vad_streams_equal_in_process(http, grpc, local):
         got[1].append(grpc.infer("vad", ins, sequence_id=202, **flags).as_numpy("output"))
     for g, w in zip(got, want):
         np.testing.assert_allclose(np.concatenate(g), w, rtol=1e-5, atol=1e-6)
-    zero = np.zeros((2, 1, 128), np.float32)  # the state matters: without it the outputs differ
-    stateless = np.concatenate([local["vad"].run({"input": ch, "state": zero, "sr": np.array(16000, np.int64)})["output"]
-                                for ch in chunks[0]])
-    assert np.abs(stateless - want[0]).max() > 1e-4
     with pytest.raises(InferenceServerException, match="not active"):
         _http_infer(http, "vad", {"input": chunks[0][0], "sr": sr}, sequence_id=101)  # ended above
 

@@ -7,7 +7,7 @@ EXAMPLES = """\
   bushu inspect model.onnx
   bushu inspect ch_PP-OCRv4_rec_infer.onnx --shape x:1x3x48x320
   bushu inspect model.onnx --shape batch=8 --shape seq=128 --top 0
-  bushu inspect silero_vad.onnx --shape input:1x512 --shape state:2x1x128 --json
+  bushu inspect silero_vad.onnx --shape input:1x576 --shape state:2x1x128 --json
   bushu inspect model.onnx --engines none          # skip the engine op-support check
 """
 

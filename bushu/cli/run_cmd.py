@@ -6,7 +6,7 @@ HELP = "run a model once on an engine and summarise its outputs"
 EXAMPLES = """\
   bushu run model.onnx
   bushu run model.onnx --engine openvino --shape x:1x3x48x320 --save-outputs out.npz
-  bushu run silero_vad.onnx --value sr=16000 --shape input:1x512 --shape state:2x1x128   # a zoo model's own file
+  bushu run silero_vad.onnx --value sr=16000 --shape input:1x576 --shape state:2x1x128   # a zoo model's own file
                                                      # gets these by itself: bushu run silero-vad
   bushu run model.onnx --input feeds.npz --time --json
 """
