@@ -71,12 +71,12 @@ def test_bind_then_optimize_inlines_silero_vads_if(silero_vad, tmp_path, cli):
     assert "bound inputs" in r.stdout
     m = bushu.load(bound)
     assert [v.name for v in m.graph.inputs] == ["input", "state"] and "sr" in m.graph.initializers
-    opt, res = bushu.optimize(m, static_shapes={"input": (1, 512), "state": (2, 1, 128)}, verify="end",
+    opt, res = bushu.optimize(m, static_shapes={"input": (1, 576), "state": (2, 1, 128)}, verify="end",
                               latency=False, show_progress=False)
     assert res and res.fired["inline-constant-if"] >= 1, res.render()
     assert not any(n.op_type == "If" for n in opt.graph) and len(opt.graph) < 60
     rng = np.random.default_rng(3)
-    feed = {"input": rng.standard_normal((1, 512), dtype=np.float32) * 0.1,
+    feed = {"input": rng.standard_normal((1, 576), dtype=np.float32) * 0.1,
             "state": rng.standard_normal((2, 1, 128), dtype=np.float32) * 0.1}
     (want,), (got,) = run_ort(bushu.load(silero_vad), [{**feed, "sr": np.array(16000)}]), run_ort(opt, [feed])
     for k in want:
