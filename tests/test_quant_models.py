@@ -96,6 +96,10 @@ def test_openvino_runs_its_preset(digits_onnx, digits):
                                                                    measure_speed=False), heldout=[{"input": x_te}])
     zps = [n.inputs[2].const_value.numpy() for n in r.model.graph if n.op_type == "QuantizeLinear"]
     assert zps and all(z.dtype == np.int8 for z in zps)
+    # the ORT placement was tried too (placement unpinned) and rejected: OpenVINO computes its digits file wrong
+    [bad] = r.rejected
+    assert r.placement == "openvino" and bad.placement == "ort" and not bad
+    assert any(n.startswith("the ort placement is rejected") for n in r.notes)
     assert top1(bushu.load(digits_onnx), x_te, y_te, "openvino") - top1(r.model, x_te, y_te, "openvino") <= 0.01
 
 
@@ -206,7 +210,7 @@ def test_openvino_why_text_names_exactly_the_fp32_layers_of_its_execution_graph(
     x_tr, _, x_te, _ = digits
     base = bushu.load(digits_onnx)
     conv = [n.name for n in base.graph if n.op_type == "Conv"][1]
-    cfg = QuantConfig(engine="openvino", progress=False, measure_speed=False)
+    cfg = QuantConfig(engine="openvino", placement="openvino", progress=False, measure_speed=False)
     for exclude, fp32 in (((), {}), ((conv,), {"Convolution (f32)": 1})):
         r = quantize(digits_onnx, digits_calib(x_tr, n=4), cfg.replace(exclude=exclude), heldout=[{"input": x_te}])
         integer, isl, reorders, fq = speed.ov_exec_graph(r.model)
@@ -242,3 +246,26 @@ def test_openvino_file_is_verified_on_openvino_and_a_wrong_placement_falls_back(
     assert "computes it WRONG" in str(one_shot) and "WRONG" in one_shot.render()
     # the file it hands over is indeed wrong on OpenVINO and right on ONNX Runtime
     assert top1(one_shot.model, x_te, y_te, "openvino") < 0.9 < top1(one_shot.model, x_te, y_te, "ort")
+
+
+def test_openvino_placement_is_chosen_by_measured_speed(ppocr_cls):
+    """With the engine's own placement unpinned, quantize for OpenVINO builds each preset's placement, checks each
+    file on OpenVINO and keeps the fastest there, timed in the same alternating rounds; the note names every
+    candidate's latency. A placement the user gives is kept as given."""
+    pytest.importorskip("openvino")
+    import re
+
+    lines = datasets.text_lines(8, seed=3)
+    calib = [{"x": np.ascontiguousarray(np.pad(t.x, ((0, 0), (0, 0), (0, 0), (0, max(0, 192 - t.x.shape[3]))))
+                                        [..., :192])} for t in lines]
+    cfg = QuantConfig(engine="openvino", heldout=2, cle=False, bias_correction=False, smoothquant=None,
+                      progress=False, measure_speed=False)
+    r = quantize(ppocr_cls, calib, cfg)
+    [note] = [n for n in r.notes if n.startswith("placement chosen by speed on openvino")]
+    ms = {k: float(v) for k, v in re.findall(r"(\w+) (\d+\.\d+) ms \(", note)}
+    assert set(ms) == {"openvino", "ort"}, note
+    assert r and r.engine_check and r.placement == min(ms, key=ms.get) and note.endswith(f"kept {r.placement}")
+    assert r.engine_check.placement == r.placement and not r.rejected and r.speed is None
+
+    pinned = quantize(ppocr_cls, calib, cfg.replace(placement="ort"))
+    assert pinned and pinned.placement == "ort" and not any("chosen by speed" in n for n in pinned.notes)

@@ -60,15 +60,15 @@ def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config:
         held_iter, _ = feeds(heldout, specs, preprocess)
         held = [dict(f) for f in held_iter]
     if config.mode == "static":
-        from .pipeline import fall_back, quantize_static
+        from .pipeline import build_static, place
 
-        def run(cfg: QuantConfig) -> QuantizeResult:
+        def build(cfg: QuantConfig):
             data, total = feeds(calibration_data, specs, preprocess)
-            return quantize_static(m, data, cfg, total=total, heldout=held, source=name)
+            return build_static(m, data, cfg, total=total, heldout=held, source=name)
 
-        # verified on the target engine; a placement it computes wrong is replaced by one it computes right
+        # verified on the target engine; of the placements it computes right, the fastest there is kept
         one_shot = isinstance(calibration_data, Iterator)  # a generator: calibrated on once, can't retry
-        result = fall_back(run(config), config, run, reiterable=not one_shot)
+        result = place(config, build, reiterable=not one_shot)
     else:
         from .modes import quantize_mode
 

@@ -147,8 +147,9 @@ class QuantConfig:
     """
 
     engine: str = "ort"
-    # whose Q/DQ placement (a key of PRESETS) to use on ``engine``; None: the engine's own. quantize falls back to
-    # another placement when the engine computes its own placement's file wrong (bushu.quant.verify)
+    # whose Q/DQ placement (a key of PRESETS) to use on ``engine``; None: ONNX Runtime's own on ONNX Runtime, and on
+    # another engine the fastest there of the placements it computes right (bushu.quant.pipeline.place). A given
+    # placement is kept unless the engine computes its file wrong (then quantize falls back to another)
     placement: str | None = None
     mode: str = "static"
     method: str = "mse"

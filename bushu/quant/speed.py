@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -162,13 +162,26 @@ def measure_speed(float_model: ir.Model, quant_model: ir.Model, feed: Mapping[st
     """Median latency of both models on ``engine`` with ``feed``, timed in alternating blocks so that background load
     hits both alike (ONNX Runtime's spinning off: an idle session's spinning threads would slow the other), and the
     reasons when the quantized one is not faster."""
+    fp32, quantized = time_interleaved([float_model, quant_model], feed, engine=engine, budget_s=budget_s,
+                                       options=options)
+    return speed_of(engine, fp32, quantized, quant_model)
+
+
+def time_interleaved(models: Sequence[ir.Model], feed: Mapping[str, np.ndarray], *, engine: str = "ort",
+                     budget_s: float = 1.0, options: EngineOptions | None = None) -> list[Latency]:
+    """Latency of each model on ``engine`` with ``feed``, all timed in the same alternating rounds (A, B, …, then
+    reversed), one session per model, ONNX Runtime's spinning off."""
     opts = dataclasses.replace(options or EngineOptions(), spin=False)
-    sessions = [engines.open_session(m, engine, opts) for m in (float_model, quant_model)]
-    (fp32, quantized), _ = measure_interleaved([lambda s=s: s.run(feed) for s in sessions], rounds=6, warmup_s=0.3,
-                                               budget_s=budget_s)
-    del sessions
-    lat = {"fp32": fp32, "quantized": quantized}
-    speedup = lat["fp32"].median_ms / lat["quantized"].median_ms
+    sessions = [engines.open_session(m, engine, opts) for m in models]
+    lats, _ = measure_interleaved([lambda s=s: s.run(feed) for s in sessions], rounds=6, warmup_s=0.3,
+                                  budget_s=budget_s)
+    return lats
+
+
+def speed_of(engine: str, fp32: Latency, quantized: Latency, quant_model: ir.Model) -> Speed:
+    """The :class:`Speed` of ``quant_model`` from its measured latency and its float model's, with the reasons
+    (from the engine-optimized graph) when it is not faster."""
+    speedup = fp32.median_ms / quantized.median_ms
     integer, isl, reorders, dq_float = 0, {}, 0, 0
     if engine == "ort":
         opt = ort_optimized(quant_model)
@@ -178,4 +191,4 @@ def measure_speed(float_model: ir.Model, quant_model: ir.Model, feed: Mapping[st
     elif engine == "openvino":
         integer, isl, reorders, dq_float = ov_exec_graph(quant_model)
     reasons = reasons_for(engine, integer, isl, reorders, dq_float) if speedup < 1.0 else ()
-    return Speed(engine, lat["fp32"], lat["quantized"], speedup, integer, isl, reorders, reasons)
+    return Speed(engine, fp32, quantized, speedup, integer, isl, reorders, reasons)
