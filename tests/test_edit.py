@@ -62,6 +62,24 @@ def test_cli(cli, ppocr_cls, tmp_path):
     assert next(iter(run_ort(m, [feed])[0].values())).shape[0] == 1
 
 
+def test_cli_shape_fixes_or_renames_a_symbolic_dim_and_pairs_take_commas(torch_zoo, tmp_path, capsys):
+    """`--shape DIM=8` (the README's form) fixes a symbolic dim in edit as --dim does, `--shape DIM=name` renames
+    it; `--rename a=b,c=d` renames both (it used to be ignored / name the input 'b,c=d')."""
+    from bushu.cli.main import main
+
+    src = torch_zoo("digits-cnn", legacy=True)
+    assert main(["edit", str(src), "-o", str(tmp_path / "a.onnx"), "--shape", "batch=4", "-q"]) == 0
+    assert list(bushu.load(tmp_path / "a.onnx").graph.inputs[0].shape)[0] == 4
+    assert main(["edit", str(src), "-o", str(tmp_path / "b.onnx"), "--shape", "batch=N",
+                 "--rename", "input=image,logits=scores", "-q"]) == 0
+    m = bushu.load(tmp_path / "b.onnx")
+    assert str(list(m.graph.inputs[0].shape)[0]) == "N"
+    assert [m.graph.inputs[0].name, m.graph.outputs[0].name] == ["image", "scores"]
+    capsys.readouterr()
+    assert main(["edit", str(src), "-o", str(tmp_path / "c.onnx"), "--rename", "input=a=b"]) == 2
+    assert "write OLD=NEW" in capsys.readouterr().err
+
+
 def test_bind_then_optimize_inlines_silero_vads_if(silero_vad, tmp_path, cli):
     """--bind sr=16000 makes sr a constant; optimize folds sr == 16000 and inline-constant-if replaces the Ifs by
     the 16 kHz branch: the same outputs as the original fed sr=16000, with no If left."""

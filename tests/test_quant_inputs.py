@@ -35,6 +35,19 @@ def test_feeds_that_do_not_match_the_signature_are_refused(digits_onnx, feed, me
     assert "calibration sample 1" in str(e.value) and message.split()[0] in str(e.value)
 
 
+def test_any_iterable_of_feeds_calibrates(digits_onnx, digits):
+    """bushu.quantize(model, data): dicts from a generator or a map, bare arrays for a single-input model, and
+    tuples in the signature's order (what a DataLoader yields) all calibrate; anything else is one clear error."""
+    x = digits[0][:16]
+    cfg = QuantConfig(progress=False, measure_speed=False)
+    model, _ = bushu.optimize(digits_onnx, latency=False, show_progress=False, verify="end")
+    for data in ((({"input": x[i:i + 1]}) for i in range(16)), map(lambda a: a[None], x), [(a[None],) for a in x]):
+        r = quantize(model, data, cfg)
+        assert r and r.calibration_samples == 16 and r.quantized_layers >= 3, r.render()
+    with pytest.raises(BushuError, match="calibration sample 0 is a str: give each feed as a mapping"):
+        quantize(digits_onnx, ["x.npz"], cfg)
+
+
 def test_empty_calibration_data_is_an_error(digits_onnx, tmp_path):
     with pytest.raises(BushuError, match="empty"):
         quantize(digits_onnx, [], QuantConfig(progress=False))

@@ -31,13 +31,14 @@ def add_arguments(p):
 
 
 def _pairs(items, flag):
+    """``OLD=NEW`` items, each flag repeatable and comma-separated (``--rename x=image,y=scores``)."""
     from ..errors import BushuError
 
     out = {}
-    for item in items:
+    for item in (part for entry in items for part in entry.split(",")):
         k, sep, v = item.partition("=")
-        if not sep or not k or not v:
-            raise BushuError(f"bad {flag} '{item}': write OLD=NEW")
+        if not sep or not k or not v or "=" in v:
+            raise BushuError(f"bad {flag} '{item}': write OLD=NEW (repeat the flag or separate pairs by commas)")
         out[k] = v
     return out
 
@@ -66,8 +67,10 @@ def run(args):
     from ..edit import edit
     from ..inputs import parse_range_args, parse_shape_args, parse_value_args
 
-    shapes = {k: v for k, v in parse_shape_args(args.shape).items() if isinstance(v, tuple)}
-    for k, v in _pairs(args.dim, "--dim").items():
+    # --shape INPUT:1x3x224x224 fixes an input; --shape DIM=8 / DIM=name fixes or renames a symbolic dim, as --dim
+    dims = [s for s in args.shape if "=" in s and ":" not in s]
+    shapes = dict(parse_shape_args([s for s in args.shape if s not in dims]))
+    for k, v in _pairs([*dims, *args.dim], "--dim").items():
         shapes[k] = int(v) if v.isdigit() else v
     split = lambda s: [x for x in (s or "").split(",") if x]
     _, result = edit(args.model, args.output, shapes=shapes, bind_inputs=_bind_values(args.bind), opset=args.opset, inputs=split(args.inputs),

@@ -138,6 +138,24 @@ def _array_feeds(files: Sequence[Path], specs: Sequence[TensorSpec]) -> Iterator
             raise BushuError(f"could not read calibration feed {f}: {e}") from None
 
 
+def _as_feeds(items: Iterable, specs: Sequence[TensorSpec]) -> Iterator[Feed]:
+    """Each item as a feed: a mapping as is; for a single-input model a bare array; a tuple/list of arrays in the
+    signature's order (what a DataLoader yields)."""
+    names = [s.name for s in specs]
+    for i, item in enumerate(items):
+        if isinstance(item, Mapping):
+            yield item
+        elif isinstance(item, np.ndarray) and len(names) == 1:
+            yield {names[0]: item}
+        elif isinstance(item, (tuple, list)) and len(item) == len(names) and all(
+                isinstance(a, np.ndarray) for a in item):
+            yield dict(zip(names, item))
+        else:
+            raise BushuError(f"calibration sample {i} is a {type(item).__name__}: give each feed as a mapping "
+                             f"{{{', '.join(repr(n) + ': array' for n in names)}}}"
+                             + (" or a bare array" if len(names) == 1 else f" or a tuple of {len(names)} arrays"))
+
+
 def feeds(source, specs: Sequence[TensorSpec], preprocess: ImagePreprocess | None = None
           ) -> tuple[Iterable[Feed], int | None]:
     """The feeds of ``source`` (a folder, a single .npz/.npy file, one feed, or an iterable of feeds) and how many
@@ -162,5 +180,5 @@ def feeds(source, specs: Sequence[TensorSpec], preprocess: ImagePreprocess | Non
             return _image_feeds(images, specs, preprocess), len(images)
         raise BushuError(f"{p} holds no .npz, .npy or image files: the calibration set is empty")
     if isinstance(source, Iterable):
-        return source, (len(source) if hasattr(source, "__len__") else None)
+        return _as_feeds(source, specs), (len(source) if hasattr(source, "__len__") else None)
     raise BushuError(f"calibration data must be a folder, a file or an iterable of feeds, not {type(source).__name__}")
