@@ -133,3 +133,42 @@ def test_metrics_hub_sums_replicas_and_drops_silent_queues(monkeypatch):
     hub.report("r1", [Row("cls", "1", a, 3)])  # r2 has gone silent: its counts stay, its queue doesn't
     text = hub.exposition().decode()
     assert value(text, "nv_inference_count") == 10 and value(text, "nv_inference_pending_request_count") == 3
+
+
+def test_ray_system_shared_memory(ray_server, ppocr_cls):
+    """Triton's system shared memory under --ray, with tritonclient's utilities: regions registered at the ingress
+    (HTTP or gRPC) are mapped by the replica; inputs and outputs in them; unregister is seen by the next request."""
+    shm = pytest.importorskip("tritonclient.utils.shared_memory")
+    x = np.random.default_rng(2).random((4, 3, 48, 192), dtype=np.float32)
+    want = engines.open_session(str(ppocr_cls), "ort").run({"x": x})[CLS_OUT]
+    tag = f"bushu_ray_{id(x)}"
+    hi = shm.create_shared_memory_region(f"{tag}_in", f"/{tag}_in", x.nbytes)
+    ho = shm.create_shared_memory_region(f"{tag}_out", f"/{tag}_out", want.nbytes)
+    try:
+        shm.set_shared_memory_region(hi, [x])
+        http = tritonhttp.InferenceServerClient(ray_server.http, network_timeout=60)
+        grpc = tritongrpc.InferenceServerClient(ray_server.grpc)
+        assert "system_shared_memory" in http.get_server_metadata()["extensions"]
+        http.register_system_shared_memory(f"{tag}_in", f"/{tag}_in", x.nbytes)
+        grpc.register_system_shared_memory(f"{tag}_out", f"/{tag}_out", want.nbytes)
+        assert {r["name"] for r in http.get_system_shared_memory_status()} == {f"{tag}_in", f"{tag}_out"}
+        inputs = {}
+        for module, client in ((tritonhttp, http), (tritongrpc, grpc)):
+            inp = inputs[module] = module.InferInput("x", list(x.shape), "FP32")
+            inp.set_shared_memory(f"{tag}_in", x.nbytes)
+            out = module.InferRequestedOutput(CLS_OUT)
+            out.set_shared_memory(f"{tag}_out", want.nbytes)
+            shm.set_shared_memory_region(ho, [np.zeros_like(want)])
+            client.infer("cls", [inp], outputs=[out])
+            got = shm.get_contents_as_numpy(ho, np.float32, list(want.shape))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        grpc.unregister_system_shared_memory(f"{tag}_in")
+        assert [r["name"] for r in http.get_system_shared_memory_status()] == [f"{tag}_out"]
+        with pytest.raises(tritonhttp.InferenceServerException, match="no system shared memory region"):
+            http.infer("cls", [inputs[tritonhttp]])
+    finally:
+        try:
+            tritonhttp.InferenceServerClient(ray_server.http).unregister_system_shared_memory()
+        finally:
+            shm.destroy_shared_memory_region(hi)
+            shm.destroy_shared_memory_region(ho)

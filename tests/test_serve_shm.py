@@ -255,3 +255,38 @@ def test_only_loopback_clients_may_use_shared_memory_unless_allowed():
     with pytest.raises(BushuError, match="--token"):  # beyond loopback it needs the token, as model control does
         check_options(ServeOptions(host="0.0.0.0", shared_memory_remote=True))
     check_options(ServeOptions(host="0.0.0.0", shared_memory_remote=True, token="s3cret"))
+
+
+def test_a_replica_mirrors_the_registry_it_is_sent(regions, monkeypatch):
+    """--ray: a replica maps what the ingress's snapshot lists, once per change; a name registered again (a new
+    serial) is mapped again; a region on another machine is refused with the reason."""
+    from bushu.serve import shm as shm_mod
+    from bushu.serve.protocol import ProtocolError
+
+    (a, ha), (b, _) = regions(64), regions(64)
+    ingress, replica = shm_mod.SharedMemory(), shm_mod.SharedMemory()
+    ingress.register(a, "/" + a, 0, 64)
+    ingress.register(b, "/" + b, 32, 32)
+    snap = ingress.snapshot()
+    assert snap is ingress.snapshot()  # cached until the registry changes
+    replica.mirror(snap)
+    assert sorted(replica.status(), key=lambda r: r["name"]) == sorted(ingress.status(), key=lambda r: r["name"])
+    shm.set_shared_memory_region(ha, [np.arange(16, dtype=np.float32)])
+    np.testing.assert_array_equal(replica.input("x", "FP32", (16,), {"shared_memory_region": a,
+                                                                      "shared_memory_byte_size": 64}), np.arange(16))
+    mapped = replica.regions[a]
+    ingress.unregister(b)
+    ingress.unregister(a)
+    ingress.register(a, "/" + a, 0, 32)  # the same name again, another size
+    replica.mirror(ingress.snapshot())
+    assert [r["byte_size"] for r in replica.status()] == [32] and replica.regions[a] is not mapped
+    same = replica.regions[a]
+    replica.mirror(ingress.snapshot())  # unchanged: nothing is mapped again
+    assert replica.regions[a] is same
+    far = shm_mod.SharedMemory()
+    monkeypatch.setattr(shm_mod, "machine_id", lambda: "elsewhere/0")
+    far.mirror(ingress.snapshot())
+    with pytest.raises(ProtocolError, match="another machine"):
+        far.input("x", "FP32", (8,), {"shared_memory_region": a, "shared_memory_byte_size": 32})
+    for r in (ingress, replica, far):
+        r.close()

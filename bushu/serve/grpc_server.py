@@ -260,24 +260,29 @@ class _Aborted(Exception):
 class _Context:
     """The part of ``grpc.aio.ServicerContext`` the :class:`Servicer` uses, for calls that arrive as bytes."""
 
-    def __init__(self, metadata):
+    def __init__(self, metadata, peer: str = ""):
         self._metadata = tuple(metadata)
+        self._peer = peer
 
     def invocation_metadata(self):
         return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
 
     async def abort(self, code, details: str):
         raise _Aborted(code, details)
 
 
-async def invoke(servicer: Servicer, method: str, request: bytes, metadata=()) -> tuple[str, bytes | str]:
+async def invoke(servicer: Servicer, method: str, request: bytes, metadata=(), peer: str = "") -> tuple[str, bytes | str]:
     """Run ``servicer.<method>`` on a serialized request, as a gRPC server would (for a process that forwards gRPC
-    calls, such as the ``--ray`` front). Returns ``("", serialized response)`` or ``(status code name, message)``."""
+    calls, such as the ``--ray`` front; ``peer`` is the client's, as ``context.peer()`` gave it there). Returns
+    ``("", serialized response)`` or ``(status code name, message)``."""
     handler = getattr(servicer, method, None)
     if handler is None or not hasattr(service_pb2, f"{method}Request"):
         return "UNIMPLEMENTED", f"no gRPC method {method}"
     try:
-        response = await handler(getattr(service_pb2, f"{method}Request").FromString(request), _Context(metadata))
+        response = await handler(getattr(service_pb2, f"{method}Request").FromString(request), _Context(metadata, peer))
     except _Aborted as e:
         return e.code.name, e.details
     return "", response.SerializeToString()

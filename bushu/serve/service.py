@@ -19,7 +19,7 @@ from .protocol import InferRequest, ProtocolError, RequestedOutput, classify
 from .shm import write_output
 
 # Only what is implemented (DESIGN.md: advertise only the extensions you implement); system_shared_memory where
-# the server has a region registry (not under --ray, whose replicas run in other processes).
+# the server has a region registry (the single-process server, and --ray's ingress, which replicas mirror).
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "parameters",
               "schedule_policy", "sequence", "statistics"]
 

@@ -16,6 +16,13 @@ registration and on every use (the file's size is checked again, so a region tru
 refused, not read past its end); and only clients on loopback may register or use regions unless the server runs
 with ``--allow-shared-memory`` (and then, with ``--token``, they need the bearer token). CUDA shared memory is not
 supported: its endpoints answer 400.
+
+Under ``--ray`` the ingress keeps the registry (it answers the register/unregister/status calls, HTTP and, forwarded by
+the driver, gRPC) and each model replica mirrors it: a forwarded infer request carries the registry's
+:meth:`SharedMemory.snapshot` (names, keys, bounds and a serial per registration), and the replica maps what changed
+since the last one (:meth:`SharedMemory.mirror`) before it reads a tensor, so a region registered or unregistered
+before a request is seen by it. Replicas map the same ``/dev/shm`` file only on the machine where it was registered:
+a replica on another machine of a Ray cluster (other boot id or host name) refuses the regions with that reason.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import hmac
 import mmap
 import os
 import re
+import socket
 import stat
 import threading
 
@@ -46,6 +54,7 @@ class Region:
     fd: int
     mm: mmap.mmap
     view: memoryview  # the registered bytes [offset, offset + byte_size) of the key
+    serial: int = 0  # this registration's number in its registry (a name registered again gets a new one)
 
     def status(self) -> dict:
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
@@ -71,6 +80,16 @@ def _is_loopback(host) -> bool:
     return is_loopback(host.split("%")[0])
 
 
+def machine_id() -> str:
+    """Which machine (and boot) this process runs on: processes with the same id see the same ``/dev/shm``."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "?"
+    return f"{socket.gethostname()}/{boot}"
+
+
 class SharedMemory:
     """The registered system shared-memory regions of one server (thread-safe: gRPC and HTTP share it)."""
 
@@ -78,6 +97,11 @@ class SharedMemory:
         self.allow_remote, self.token = allow_remote, token
         self.regions: dict[str, Region] = {}
         self._lock = threading.Lock()
+        self._serial = 0
+        self._snapshot: tuple | None = None  # cached snapshot(), dropped on every change
+        self._mirrored: tuple | None = None  # the last snapshot mirror() applied
+        self._refused: dict[str, str] = {}  # region -> why this mirror could not map it
+        self._origin_serial: dict[str, int] = {}  # region -> its serial in the registry this one mirrors
 
     # ------------------------------------------------------------ who may
     def check_client(self, host: str | None, authorization: str | None = None) -> None:
@@ -131,7 +155,9 @@ class SharedMemory:
                 os.close(fd)
                 raise
             view = memoryview(mm)[offset - start:]
-            self.regions[name] = Region(name, key, offset, byte_size, fd, mm, view)
+            self._serial += 1
+            self.regions[name] = Region(name, key, offset, byte_size, fd, mm, view, self._serial)
+            self._snapshot = None
 
     def unregister(self, name: str = "") -> None:
         """Unregister ``name`` (every region when empty); an unknown name is not an error (Triton's behaviour)."""
@@ -139,6 +165,7 @@ class SharedMemory:
             gone = list(self.regions.values()) if not name else [r for r in [self.regions.get(name)] if r]
             for r in gone:
                 del self.regions[r.name]
+            self._snapshot = None
         for r in gone:
             r.release()
 
@@ -154,6 +181,48 @@ class SharedMemory:
     def close(self) -> None:
         self.unregister()
 
+    # ------------------------------------------------------------ --ray: the ingress's registry, mirrored by replicas
+    def snapshot(self) -> tuple:
+        """``(machine id, ((name, key, offset, byte_size, serial), ...))``: what a replica needs to mirror the
+        registry (cached until the next change)."""
+        with self._lock:
+            if self._snapshot is None:
+                self._snapshot = (machine_id(), tuple((r.name, r.key, r.offset, r.byte_size, r.serial)
+                                                      for r in self.regions.values()))
+            return self._snapshot
+
+    def mirror(self, snapshot: tuple) -> None:
+        """Map exactly the registrations of another registry's :meth:`snapshot` (a no-op when it is the last one
+        applied): gone or re-registered names are unmapped, new ones mapped. A region this process can't map (its
+        file removed since, or this process on another machine) is refused when a request names it, with the reason."""
+        if snapshot == self._mirrored:
+            return
+        origin, entries = snapshot
+        want = {e[0]: e for e in entries}
+        with self._lock:
+            mapped = {name: (r.name, r.key, r.offset, r.byte_size, self._origin_serial.get(name))
+                      for name, r in self.regions.items()}
+        for name, e in mapped.items():
+            if want.get(name) != e:
+                self.unregister(name)
+                self._origin_serial.pop(name, None)
+        self._refused = {}
+        here = machine_id()
+        for name, e in want.items():
+            if mapped.get(name) == e:
+                continue
+            if origin != here:
+                self._refused[name] = (f"this --ray replica runs on another machine ({here.split('/')[0]}) than the "
+                                       f"server where region '{name}' was registered ({origin.split('/')[0]}): shared "
+                                       "memory needs every replica on the client's machine")
+                continue
+            try:
+                self.register(*e[:4])
+                self._origin_serial[name] = e[4]
+            except ProtocolError as err:
+                self._refused[name] = f"region '{name}' can't be mapped here: {err}"
+        self._mirrored = snapshot
+
     def for_client(self, host: str | None, authorization: str | None = None) -> _ClientRegions:
         """This registry as a request from ``host`` may use it (the client is checked on first use)."""
         return _ClientRegions(self, host, authorization)
@@ -168,6 +237,8 @@ class SharedMemory:
                 raise ProtocolError(f"{what}: {k} must be a non-negative integer, got {v!r}")
         with self._lock:
             r = self.regions.get(region)
+            if r is None and region in self._refused:
+                raise ProtocolError(f"{what}: {self._refused[region]}")
             if r is None:
                 raise ProtocolError(f"{what}: no system shared memory region '{region}' is registered "
                                     "(POST /v2/systemsharedmemory/region/{name}/register first)")
