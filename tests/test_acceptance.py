@@ -8,10 +8,12 @@ The per-command behaviour is tested in each command's own file; this one holds t
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
+import bushu
 from bushu import datasets
 from bushu.cli.main import COMMANDS, main
 
@@ -89,3 +91,44 @@ def test_a_missing_model_is_one_line_and_exit_2(command, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2, (command, err)
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"bushu {command}: error: ") and "nothing" in err
+
+
+def test_calibration_shows_a_progress_bar_over_the_samples_on_a_terminal(work, monkeypatch):
+    """Issue 4 §2: a progress bar over the calibration samples (on a terminal's stderr; none with -q)."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    d, m = work
+    for quiet, expect in ((False, True), (True, False)):
+        tty = Terminal()
+        monkeypatch.setattr("sys.stderr", tty)
+        argv = ["quantize", str(m), "-o", str(d / "bar.int8.onnx"), "--calib", str(d / "feeds"), "--no-speed",
+                "--force", *(["-q"] if quiet else [])]
+        assert main(argv) == 0
+        assert (re.search(r"calibrating: +\d+%.*\d+/16", tty.getvalue()) is not None) == expect, tty.getvalue()
+
+
+def test_a_rolled_back_pass_leaves_the_weights_shared_not_copied(digits_onnx, monkeypatch):
+    """Issue 3: rolling back never copies weights — the output holds the input model's own tensor objects, even
+    after a pass that changed results was undone."""
+    from bushu.passes import registry
+
+    def perturb(model, ctx):
+        conv = next(n for n in model.graph if n.op_type == "Conv")
+        w = conv.inputs[1]
+        conv.replace_input_with(1, new_initializer(model.graph, w.const_value.numpy() * 1.05, "perturbed"))
+        return 1
+
+    from bushu.passes._rewire import new_initializer
+
+    monkeypatch.setitem(registry._PASSES, "perturb-weight",
+                        registry.PassInfo("perturb-weight", "test only", "fold", perturb))
+    model = bushu.load(digits_onnx)
+    tensors = {id(v.const_value) for v in model.graph.initializers.values()}
+    out, result = bushu.optimize(model, passes="perturb-weight,dead-code", latency=False, show_progress=False)
+    assert [r.name for r in result.rolled_back] == ["perturb-weight"], result.render()
+    assert out.graph.initializers and all(id(v.const_value) in tensors for v in out.graph.initializers.values())
+    assert len(list(model.graph)) == 20 and "perturbed" not in model.graph.initializers  # the input is untouched
