@@ -36,6 +36,8 @@ import argparse
 import contextlib
 import io
 import math
+import pickle
+import shlex
 import shutil
 import sys
 import tempfile
@@ -241,6 +243,7 @@ def bench(selected: list[str], rounds: int, budget: float, wall_rounds: int, eac
 DECIDE_FILES = ("onnxsim", "onnxslim", "bushu", "control")
 SESSIONS_PER_FILE = 2  # each file opened twice, so no file is judged by one session's luck (arena, alignment)
 SAMPLE_MS = 5.0  # a timed sample is a batch of runs lasting at least this long (tiny models: 0.04 ms a run)
+EPOCHS = 3  # the sessions are opened afresh this many times over the rounds
 EQUAL_MARGIN = 0.02  # "equal": the median ratio's 95% CI lies within 1 ± this and contains 1
 
 
@@ -273,50 +276,60 @@ def decided(ci: tuple[float, float, float]) -> str:
     return "undecided"
 
 
-def decide_cell(paths: dict[str, Path], engine: str, feed, values: dict, rounds: int, budget: float) -> dict:
+def decide_cell(paths: dict[str, Path], engine: str, feed, values: dict, rounds: int, budget: float,
+                epochs: int = EPOCHS) -> dict:
     """One focused interleaved run on ``engine`` of onnxsim's, onnxslim's, bushu's and the control's files, each in
-    SESSIONS_PER_FILE sessions. A sample is ``reps`` runs timed together (reps from the warm-up, so a sample lasts
-    ≥ SAMPLE_MS); per round every session gets ``budget`` seconds in a rotated order and gives its median per-run
-    time; a file's round value is the geometric mean of its sessions'. Returns {"ratios": {(tool, anchor): per-round
-    ratios}, "reps": reps, "ms": {tool: median per-run ms}}."""
-    sessions = []
-    for tool in DECIDE_FILES:
-        if tool not in paths:
-            continue
-        for k in range(SESSIONS_PER_FILE):
-            s = open_timed(paths[tool], engine, values, feed)
-            names = {i.name for i in s.inputs}
-            sessions.append((tool, k, s, {n: v for n, v in feed.items() if n in names}))
-    one = min(measure(lambda s=s, f=f: s.run(f), warmup_s=0.2, budget_s=0.1, min_reps=3).median_ms
-              for _, _, s, f in sessions)
-    reps = max(1, math.ceil(SAMPLE_MS / one))
+    SESSIONS_PER_FILE sessions, opened afresh in each of ``epochs`` stretches of the rounds (so a session's luck
+    varies over the run and shows in the interval instead of biasing it). A sample is ``reps`` runs timed together
+    (reps from the first warm-up, so a sample lasts ≥ SAMPLE_MS); per round every session gets ``budget`` seconds in
+    a rotated order and gives its median per-run time; a file's round value is the geometric mean of its sessions'.
+    Returns {"ratios": {(tool, anchor): per-round ratios}, "reps", "ms": {tool: median per-run ms}, "same_file":
+    the largest ratio between two sessions of one file within an epoch}."""
+    files = [t for t in DECIDE_FILES if t in paths]
+    per = {t: [] for t in files}  # per round: geometric mean over the file's sessions
+    reps, same_file = None, 1.0
 
-    def batch(s, f):
-        for _ in range(reps):
+    def batch(s, f, n):
+        for _ in range(n):
             s.run(f)
 
-    per = {(t, k): [] for t, k, _, _ in sessions}
-    for r in range(rounds):
-        order = sessions[r % len(sessions):] + sessions[: r % len(sessions)]
-        for tool, k, s, f in (order if r % 2 == 0 else order[::-1]):
-            lat = measure(lambda s=s, f=f: batch(s, f), warmup_s=0.0, budget_s=budget, min_reps=3)
-            per[(tool, k)].append(lat.median_ms / reps)
-    tools = list(dict.fromkeys(t for t, _ in per))
-    value = {t: np.exp(np.mean([np.log(per[(t, k)]) for k in range(SESSIONS_PER_FILE)], axis=0)) for t in tools}
+    bounds = np.linspace(0, rounds, epochs + 1).astype(int)
+    for ep in range(epochs):
+        sessions = []
+        for tool in files:
+            for k in range(SESSIONS_PER_FILE):
+                s = open_timed(paths[tool], engine, values, feed)
+                names = {i.name for i in s.inputs}
+                sessions.append((tool, k, s, {n: v for n, v in feed.items() if n in names}))
+        one = [measure(lambda s=s, f=f: s.run(f), warmup_s=0.2, budget_s=0.05, min_reps=3).median_ms
+               for _, _, s, f in sessions]
+        reps = reps or max(1, math.ceil(SAMPLE_MS / min(one)))
+        rows = {(t, k): [] for t, k, _, _ in sessions}
+        for r in range(bounds[ep], bounds[ep + 1]):
+            order = sessions[r % len(sessions):] + sessions[: r % len(sessions)]
+            for tool, k, s, f in (order if r % 2 == 0 else order[::-1]):
+                lat = measure(lambda s=s, f=f, n=reps: batch(s, f, n), warmup_s=0.0, budget_s=budget, min_reps=3)
+                rows[(tool, k)].append(lat.median_ms / reps)
+        for t in files:
+            ks = [np.asarray(rows[(t, k)]) for k in range(SESSIONS_PER_FILE)]
+            per[t] += list(np.exp(np.mean(np.log(ks), axis=0)))
+            meds = [float(np.median(x)) for x in ks]
+            same_file = max(same_file, max(meds) / min(meds))
+        del sessions, rows
+    value = {t: np.asarray(v) for t, v in per.items()}
     pairs = [("bushu", "onnxsim"), ("bushu", "onnxslim"), ("control", "onnxslim")]
     return {"ratios": {(a, b): value[a] / value[b] for a, b in pairs if a in value and b in value},
-            "reps": reps, "ms": {t: float(np.median(value[t])) for t in tools},
-            "sessions": {f"{t}#{k}": float(np.median(v)) for (t, k), v in per.items()}}
+            "reps": reps, "ms": {t: float(np.median(value[t])) for t in files}, "same_file": same_file}
 
 
-def decide(results: list[dict], rounds: int, budget: float) -> None:
-    """Stage 2: every (model, engine) with a bushu cell whose stage-1 verdict is not "≤" is re-timed by
-    :func:`decide_cell`; the result goes to ``res["decided"][engine]``."""
+def decide(results: list[dict], rounds: int, budget: float, everything: bool = False) -> None:
+    """Stage 2: every (model, engine) with a bushu cell whose stage-1 verdict is not "≤" (``everything``: every
+    (model, engine)) is re-timed by :func:`decide_cell`; the result goes to ``res["decided"][engine]``."""
     for res in results:
         res["decided"] = {}
         for e, lat in res.get("latency", {}).items():
             cells = [a for a in ("onnxsim", "onnxslim")
-                     if (r := ratio(lat, "bushu", a)) is not None and verdict(r) != "≤"]
+                     if (r := ratio(lat, "bushu", a)) is not None and (everything or verdict(r) != "≤")]
             if not cells:
                 continue
             t0 = time.perf_counter()
@@ -333,7 +346,7 @@ def _ci(c) -> str:
 def decide_table(results: list[dict]) -> str:
     head = ["model", "engine", "runs per sample", "ms per run: bushu / onnxsim / onnxslim",
             "bushu ÷ onnxsim [95% CI]", "bushu ÷ onnxslim [95% CI]", "control ÷ onnxslim [95% CI]",
-            "session spread (max ÷ min of the 8)"]
+            "2 sessions of one file: largest ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results:
         for e, d in res.get("decided", {}).items():
@@ -347,8 +360,7 @@ def decide_table(results: list[dict]) -> str:
                 c = median_ci(d["ratios"][pair])
                 staged = "" if pair[0] == "control" or pair[1] in d["cells"] else " (stage 1: ≤)"
                 cells.append(f"{_ci(c)} {decided(c)}{staged}")
-            v = list(d["sessions"].values())
-            cells.append(f"{max(v) / min(v):.3f}")
+            cells.append(f"{d['same_file']:.3f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -448,20 +460,36 @@ def main(argv=None) -> int:
     p.add_argument("--no-each", action="store_true", help="skip the --verify each wall time")
     p.add_argument("--decide-rounds", type=int, default=30,
                    help="rounds of the focused run deciding each contested cell (default 30; 0: no stage 2)")
+    p.add_argument("--decide-all", action="store_true", help="decide every (model, engine), not only contested ones")
     p.add_argument("--decide-budget", type=float, default=0.1,
                    help="seconds per session per round in the deciding run (default 0.1)")
+    p.add_argument("--save", default=None, help="also keep the results here (a pickle), for --render")
+    p.add_argument("--render", default=None,
+                   help="no measuring: write the tables of the runs saved in these files (comma-separated), one table")
     args = p.parse_args(argv)
-    t0 = time.perf_counter()
-    results = bench([s for s in args.models.split(",") if s], args.rounds, args.budget, args.wall_rounds,
-                    not args.no_each)
-    t1 = time.perf_counter()
-    if args.decide_rounds:
-        decide(results, args.decide_rounds, args.decide_budget)
-    text = (f"Measured on {machine()}; {t1 - t0:.0f} s, then {time.perf_counter() - t1:.0f} s deciding.\n\n"
-            f"Command: `flock -x /tmp/bushu-quiet.lock .venv/bin/python bench/bench_optimize.py "
-            f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n\n" + tables(results))
+    if args.render:
+        runs = [pickle.loads(Path(f).read_bytes()) for f in args.render.split(",")]
+        results = [r for run in runs for r in run["results"]]
+        head = "\n".join(run["head"] for run in runs)
+    else:
+        t0 = time.perf_counter()
+        results = bench([s for s in args.models.split(",") if s], args.rounds, args.budget, args.wall_rounds,
+                        not args.no_each)
+        t1 = time.perf_counter()
+        if args.decide_rounds:
+            decide(results, args.decide_rounds, args.decide_budget, args.decide_all)
+        head = (f"Measured on {machine()}; {t1 - t0:.0f} s, then {time.perf_counter() - t1:.0f} s deciding.\n\n"
+                f"Command: `flock -x /tmp/bushu-quiet.lock .venv/bin/python bench/bench_optimize.py "
+                f"{shlex.join(argv if argv is not None else sys.argv[1:])}`\n")
+        for r in results:  # what only the run needs
+            for k in ("_paths", "_feed", "_values"):
+                r.pop(k, None)
+        if args.save:
+            Path(args.save).write_bytes(pickle.dumps({"head": head, "results": results}))
+    text = head + "\n" + tables(results)
     if any(r.get("decided") for r in results):
-        text += ("\n### Stage 2: the contested cells decided\n\n" + decide_table(results) + "\n")
+        text += ("\n### Stage 2: cells decided in focused runs (95% CI of the median ratio)\n\n"
+                 + decide_table(results) + "\n")
     print(text)
     if args.out:
         Path(args.out).write_text(text)
