@@ -21,6 +21,9 @@ two sessions' medians. Each ratio gets its median over rounds with the 95% order
 (which narrows with more rounds, unlike an IQR), and a verdict: "≤" when the median ≤ 1, "equal (±2%)" when the CI
 contains 1 and lies within 0.98–1.02, "slower" when the CI lies above 1, else "undecided".
 
+"≡" marks a cell where the engine runs the same executable graph for bushu's file and the anchor's (``executable``:
+ONNX Runtime's optimized model, OpenVINO's compiled runtime model): a ratio there has no cause in the graph.
+
 Wall time to optimize, in-process with every library imported and warmed up first (no tool pays its imports):
 onnxsim once; onnxslim and ``bushu optimize --verify end --no-latency`` alternated ``--wall-rounds`` times (median)
 — like with like: neither measures latency; beside them, once each, bushu without verification (``--verify off``:
@@ -33,6 +36,7 @@ the passes alone), with its latency measurement (``--verify end``, latency on, t
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import io
 import math
@@ -232,11 +236,69 @@ def bench(selected: list[str], rounds: int, budget: float, wall_rounds: int, eac
         values = zoo_defaults(src)[1]
         res["latency"] = {e: interleaved(paths, e, feed, rounds, budget, values) for e in ENGINES
                           if e in engines.available()}
+        res["same_exec"] = {e: same_executable(paths, e, values, feed) for e in res["latency"]}
         res["_paths"], res["_feed"], res["_values"] = paths, feed, values  # for the deciding stage
         print(name, {k: (round(v, 2) if v else v) for k, v in res["wall"].items()},
               {t: r["nodes"] for t, r in res["rows"].items()}, file=sys.stderr, flush=True)
         results.append(res)
     return results
+
+
+# ---- the executable graphs: what each engine runs after its own optimizer ------------------------------------------
+def executable(path: Path, engine: str, values: dict, feed) -> collections.Counter | None:
+    """A multiset describing the graph ``engine`` actually runs for ``path``: on ONNX Runtime the nodes (op, domain,
+    attributes) and initializers (dtype, dims) of its optimized model (ORT_ENABLE_ALL, ``optimized_model_filepath``);
+    on OpenVINO the compiled runtime model's layers (type, runtime precision, primitive, output layout). Equal
+    multisets: the engine runs the same kernels on the same shapes for both files, so a latency ratio between them
+    can only be noise (session placement, load). None if the engine can't load the file."""
+    if engine == "ort":
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as d:
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.intra_op_num_threads, so.log_severity_level = 2, 3
+            so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+            try:
+                ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            except Exception:  # noqa: BLE001 -- a file ORT can't load has no executable graph
+                return None
+            m = onnx.load(so.optimized_model_filepath)
+        sig, todo = collections.Counter(), [m.graph]
+        while todo:  # the main graph and every If/Loop/Scan body (silero VAD's work is in its If branches)
+            g = todo.pop()
+            sig.update(("initializer", t.data_type, tuple(t.dims)) for t in g.initializer)
+            for n in g.node:
+                attrs = []
+                for a in n.attribute:
+                    if a.type == onnx.AttributeProto.GRAPH:
+                        todo.append(a.g)
+                    elif a.type == onnx.AttributeProto.GRAPHS:
+                        todo += list(a.graphs)
+                    else:
+                        attrs.append((a.name, str(onnx.helper.get_attribute_value(a))))
+                sig[(n.op_type, n.domain, tuple(sorted(attrs)))] += 1
+        return sig
+    try:
+        s = open_timed(path, engine, values, feed)
+    except bushu.BushuError:
+        return None
+    rows = collections.Counter()
+    for op in s.compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        rows[tuple(info[k].astype(str) if k in info else "" for k in ("layerType", "runtimePrecision",
+                                                                        "primitiveType", "outputLayouts"))] += 1
+    return rows
+
+
+def same_executable(paths: dict[str, Path], engine: str, values: dict, feed) -> dict[str, bool | None]:
+    """{anchor: whether bushu's file and the anchor's run as the same executable graph on ``engine``}."""
+    mine = executable(paths["bushu"], engine, values, feed) if "bushu" in paths else None
+    out = {}
+    for a in ("onnxsim", "onnxslim"):
+        other = executable(paths[a], engine, values, feed) if a in paths else None
+        out[a] = None if mine is None or other is None else mine == other
+    return out
 
 
 # ---- stage 2: deciding the contested cells ----------------------------------------------------------------------
@@ -359,7 +421,8 @@ def decide_table(results: list[dict]) -> str:
                     continue
                 c = median_ci(d["ratios"][pair])
                 staged = "" if pair[0] == "control" or pair[1] in d["cells"] else " (stage 1: ≤)"
-                cells.append(f"{_ci(c)} {decided(c)}{staged}")
+                same = " ≡" if pair[0] == "bushu" and res.get("same_exec", {}).get(e, {}).get(pair[1]) else ""
+                cells.append(f"{_ci(c)} {decided(c)}{staged}{same}")
             cells.append(f"{d['same_file']:.3f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -436,7 +499,8 @@ def tables(results: list[dict]) -> str:
                 d = res.get("decided", {}).get(e)
                 then = (f" → {decided(median_ci(d['ratios'][('bushu', anchor)]))}"
                         if d and anchor in d["cells"] and ("bushu", anchor) in d["ratios"] else "")
-                cells.append("n/a" if r is None else f"{_ratio(r)} {verdict(r)}{then}")
+                same = " ≡" if res.get("same_exec", {}).get(e, {}).get(anchor) else ""
+                cells.append("n/a" if r is None else f"{_ratio(r)} {verdict(r)}{then}{same}")
             # the control is onnxslim's own file in a session of its own: its ratio to onnxslim is what a ratio
             # looks like with no cause in the graph (session-to-session spread); it gets the same verdict rule.
             c = ratio(lat, "control", "onnxslim")
@@ -486,7 +550,10 @@ def main(argv=None) -> int:
                 r.pop(k, None)
         if args.save:
             Path(args.save).write_bytes(pickle.dumps({"head": head, "results": results}))
-    text = head + "\n" + tables(results)
+    text = (head + "\n≡: the engine runs the same executable graph for bushu's file and the anchor's (ONNX Runtime's "
+            "optimized model: same nodes, attributes and initializer shapes; OpenVINO's compiled runtime model: same "
+            "layers, precisions, primitives and layouts), so a ratio there has no cause in the graph.\n\n"
+            + tables(results))
     if any(r.get("decided") for r in results):
         text += ("\n### Stage 2: cells decided in focused runs (95% CI of the median ratio)\n\n"
                  + decide_table(results) + "\n")
