@@ -428,6 +428,40 @@ def decide_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def final_verdicts(results: list[dict]) -> dict[tuple[str, str, str], list[tuple[str, str, bool]]]:
+    """{(engine, tool, anchor): [(model, final verdict, same executable graph)]}: the stage-2 verdict where the cell
+    was decided, else the stage-1 one (for bushu and for the control)."""
+    out: dict = {}
+    for res in results:
+        for e, lat in res.get("latency", {}).items():
+            d = res.get("decided", {}).get(e)
+            for tool, anchor in (("bushu", "onnxsim"), ("bushu", "onnxslim"), ("control", "onnxslim")):
+                r = ratio(lat, tool, anchor)
+                if r is None:
+                    continue
+                if d and (tool, anchor) in d["ratios"] and (tool == "control" or anchor in d["cells"]):
+                    v = decided(median_ci(d["ratios"][(tool, anchor)]))
+                else:
+                    v = verdict(r)
+                same = tool == "bushu" and bool(res.get("same_exec", {}).get(e, {}).get(anchor))
+                out.setdefault((e, tool, anchor), []).append((res["model"], v, same))
+    return out
+
+
+def verdict_counts(results: list[dict]) -> str:
+    head = ["cells", "n", "≤", "equal (±2%)", "undecided", "slower", "level (stage 1 only)", "≡ (same executable graph)",
+            "not ≤ (model: verdict)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (e, tool, anchor), rows in final_verdicts(results).items():
+        kinds = [v.split(" (")[0] for _, v, _ in rows]
+        rest = "; ".join(f"{m}: {v}{' ≡' if same else ''}" for m, v, same in rows if v != "≤")
+        lines.append("| " + " | ".join([f"{e}: {tool} ÷ {anchor}", str(len(rows)), str(kinds.count("≤")),
+                                         str(kinds.count("equal")), str(kinds.count("undecided")),
+                                         str(kinds.count("slower")), str(kinds.count("level")),
+                                         str(sum(same for *_, same in rows)) if tool == "bushu" else "", rest]) + " |")
+    return "\n".join(lines)
+
+
 def verdict(r: tuple[float, float, float]) -> str:
     """"≤" when the median per-round ratio is ≤ 1, "level (within noise)" when its IQR contains 1, else "slower"."""
     med, q1, q3 = r
@@ -554,6 +588,7 @@ def main(argv=None) -> int:
             "optimized model: same nodes, attributes and initializer shapes; OpenVINO's compiled runtime model: same "
             "layers, precisions, primitives and layouts), so a ratio there has no cause in the graph.\n\n"
             + tables(results))
+    text += "\n### Final verdicts (stage 2 where decided, else stage 1)\n\n" + verdict_counts(results) + "\n"
     if any(r.get("decided") for r in results):
         text += ("\n### Stage 2: cells decided in focused runs (95% CI of the median ratio)\n\n"
                  + decide_table(results) + "\n")
