@@ -132,3 +132,35 @@ def test_a_rolled_back_pass_leaves_the_weights_shared_not_copied(digits_onnx, mo
     assert [r.name for r in result.rolled_back] == ["perturb-weight"], result.render()
     assert out.graph.initializers and all(id(v.const_value) in tensors for v in out.graph.initializers.values())
     assert len(list(model.graph)) == 20 and "perturbed" not in model.graph.initializers  # the input is untouched
+
+
+@pytest.mark.parametrize("flags, check", [
+    (["--per-tensor", "--samples", "5"], "per-tensor"),
+    (["--budget", "maxabs<=0.05"], "maxabs"),
+    (["--budget", "cosine>=0.99999"], "cosine"),
+    (["--exclude", "Gemm", "--method", "percentile"], "exclude"),
+])
+def test_quantize_flags_do_what_the_issue_says(work, capsys, flags, check):
+    """Issue 4's CLI flags on the real digits CNN, each checked in the saved file or the JSON result: weights per
+    tensor, at most N calibration samples, built-in budgets met by keeping layers in float, op types excluded."""
+    d, m = work
+    out = d / f"flags-{check}.onnx"
+    doc = _json(capsys, ["quantize", str(m), "-o", str(out), "--calib", str(d / "feeds"), "--no-speed", "-q",
+                         "--json", "--force", *flags])
+    assert doc["quantized_layers"] >= 1 and out.exists()
+    acc, floats = doc["accuracy"], doc["float_layers"]
+    if check == "per-tensor":
+        q = bushu.load(out)
+        scales = [n.inputs[1].const_value.numpy() for n in q.graph if n.op_type == "DequantizeLinear"
+                  and n.inputs[0].const_value is not None and n.inputs[0].const_value.numpy().ndim >= 2]
+        assert scales and all(s.size == 1 for s in scales)  # one scale per weight tensor
+        assert doc["calibration_samples"] == 5
+    elif check == "exclude":
+        assert floats["node_linear"] == "excluded" and doc["method"] == "percentile"
+    else:  # the budget is met, by the fewest layers left in float, and the final metric is reported
+        assert doc["budget_met"] and doc["budget"] == flags[1]
+        assert acc["max_abs"] <= 0.05 if check == "maxabs" else acc["cosine"] >= 0.99999
+        kept = [k for k, why in floats.items() if why == "kept in float by the accuracy budget"]
+        steps = doc["budget_steps"]
+        assert kept and any(not s["met"] for s in steps)  # fully quantized did not meet it: layers were kept
+        assert len(kept) == min(len(s["float_layers"]) for s in steps if s["met"])
