@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir import external_data as _external_data
 
 from .errors import BushuError
 
-__all__ = ["ir", "load", "save", "save_bytes", "fits_one_proto", "loads", "to_proto", "to_bytes", "check_proto", "PROTOBUF_LIMIT"]
+__all__ = ["ir", "load", "save", "save_bytes", "to_chunks", "fits_one_proto", "loads", "to_proto", "to_bytes", "check_proto", "PROTOBUF_LIMIT"]
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Above this many bytes of weights a model is saved with external data (protobuf's hard limit is 2 GiB).
@@ -223,6 +225,122 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     return ir.serde.serialize_model(model)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, size: int) -> bytes:
+    """The key and length of a length-delimited protobuf field (wire type 2) of ``size`` bytes."""
+    return _varint(number << 3 | 2) + _varint(size)
+
+
+def _fields_after(msg, number: int) -> bytes:
+    """The encoding of ``msg``'s fields numbered above ``number`` (protobuf writes fields in number order, so this
+    is the tail of ``msg.SerializeToString()``)."""
+    tail = type(msg)()
+    for fd, val in msg.ListFields():
+        if fd.number <= number:
+            continue
+        if fd.is_repeated:
+            getattr(tail, fd.name).extend(val)
+        elif fd.message_type is not None:
+            getattr(tail, fd.name).CopyFrom(val)
+        else:
+            setattr(tail, fd.name, val)
+    return tail.SerializeToString()
+
+
+class _Shape(ir.Tensor):
+    """A stand-in for a large tensor while the model is serialized: its name, type, shape and metadata, no data."""
+
+    def __init__(self, tensor):  # noqa: D107 -- ir.Tensor's constructor would want the data
+        self._t = tensor
+
+    name = property(lambda self: self._t.name, lambda self, v: setattr(self._t, "name", v))
+    dtype = property(lambda self: self._t.dtype)
+    shape = property(lambda self: self._t.shape)
+    doc_string = property(lambda self: self._t.doc_string)
+    metadata_props = property(lambda self: self._t.metadata_props)
+
+    def tobytes(self) -> bytes:
+        return b""
+
+
+_RAW_KINDS = "fiub"  # numpy kinds whose memory is ONNX's raw_data as is (little-endian); others go by tobytes()
+
+
+def _raw(tensor) -> bytes | memoryview:
+    """A tensor's ``raw_data``, without a copy when it is a C-contiguous little-endian numpy array of its type."""
+    arr = getattr(tensor, "raw", None)
+    if (isinstance(arr, np.ndarray) and arr.flags.c_contiguous and arr.dtype.kind in _RAW_KINDS
+            and arr.dtype.byteorder in ("<", "=", "|") and sys.byteorder == "little"
+            and arr.dtype == tensor.dtype.numpy()):
+        return memoryview(arr).cast("B")
+    return tensor.tobytes()
+
+
+def to_chunks(model: ir.Model, min_bytes: int = 1024
+              ) -> tuple[list[bytes | memoryview], onnx.ModelProto, dict[str, tuple[int, list[int]]]]:
+    """``model``'s protobuf encoding as a list of buffers whose concatenation is ``to_proto(model)``'s
+    serialization, byte for byte, with the main graph's initializers over ``min_bytes`` taken from their arrays'
+    memory instead of being copied into a protobuf and out again (0.1-0.2 s for 45 MB); the proto without those
+    initializers (for the checker); their names. A ModelProto's bytes are its fields' encodings in field-number
+    order, so the weights' encodings can be placed between the graph's other fields. For one-protobuf models
+    the ONNX type and dims of each (by name). A ModelProto's bytes are its fields' encodings in field-number order,
+    so the weights' encodings can be placed between the graph's other fields. For one-protobuf models
+    (:func:`fits_one_proto`)."""
+    big = {}
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if (t is not None and not isinstance(t, (ir.ExternalTensor, ir.StringTensor, _Shape))
+                and t.nbytes > min_bytes):
+            big[v.name] = t
+            v.const_value = _Shape(t)
+    try:
+        proto = to_proto(model)
+    finally:
+        for name, t in big.items():
+            model.graph.initializers[name].const_value = t
+    graph = proto.graph
+    entries: list[bytes | memoryview] = []
+    small, stripped = [], {}
+    for t in graph.initializer:
+        if t.name in big:
+            data = _raw(big[t.name])
+            stripped[t.name] = (t.data_type, list(t.dims))
+            t.ClearField("raw_data")
+            head, tail = t.SerializeToString(), b""
+            if any(fd.number > 9 for fd, _ in t.ListFields()):  # doc_string, metadata_props: after raw_data (9)
+                tail = _fields_after(t, 9)
+                head = head[: len(head) - len(tail)]
+            raw_field = _field(9, len(data))
+            entries += [_field(5, len(head) + len(raw_field) + len(data) + len(tail)), head, raw_field, data, tail]
+        else:
+            enc = t.SerializeToString()
+            entries += [_field(5, len(enc)), enc]
+            kept = onnx.TensorProto()
+            kept.CopyFrom(t)
+            small.append(kept)
+    del graph.initializer[:]
+    rest = graph.SerializeToString()  # fields 1-2 (nodes, name), then 10+ (inputs, outputs, value_info, ...)
+    graph_tail = _fields_after(graph, 5)
+    graph_head = rest[: len(rest) - len(graph_tail)]
+    graph_size = len(rest) + sum(len(e) for e in entries)
+    graph.initializer.extend(small)
+    model_head = type(proto)()
+    for fd, val in proto.ListFields():
+        if fd.number < 7:
+            setattr(model_head, fd.name, val)  # ir_version, producer, domain, model_version, doc_string: scalars
+    chunks = [model_head.SerializeToString(), _field(7, graph_size), graph_head, *entries, graph_tail,
+              _fields_after(proto, 7)]
+    return chunks, proto, stripped
+
+
 def fits_one_proto(model: ir.Model) -> bool:
     """Whether ``model`` serializes as one protobuf: no external data and weights under the external-data threshold
     (protobuf's 2 GB limit)."""
@@ -291,11 +409,16 @@ def _write_atomically(path: Path, write) -> Path:
     return path
 
 
-def save_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    """Write a serialized model (:func:`to_bytes`) atomically, like :func:`save`. For a caller that also hands the
-    same bytes to the checker or an engine: the model is serialized once."""
+def save_bytes(data: bytes | Sequence[bytes | memoryview], path: str | os.PathLike) -> Path:
+    """Write a serialized model (:func:`to_bytes`, or the buffers of :func:`to_chunks`) atomically, like
+    :func:`save`. For a caller that also hands the same bytes to the checker or an engine: the model is serialized
+    once."""
     def write(tmp: Path) -> tuple[str, ...]:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                f.writelines(data)
         return ()
 
     return _write_atomically(Path(path), write)

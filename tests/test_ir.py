@@ -199,3 +199,34 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, cli):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     r = cli("run", bad, "--debug")
     assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_to_chunks_is_the_protobuf_serialization_byte_for_byte(ppocr_cls, tmp_path):
+    """to_chunks writes large weights from their arrays' memory between the graph's other fields: the concatenated
+    buffers equal onnx-ir's proto serialized by protobuf, for weights that are new arrays (with doc strings and
+    metadata, of several dtypes, some not contiguous), tensors read from a file, a subgraph and model metadata."""
+    model = bushu.load(ppocr_cls)
+    model.metadata_props["k"] = "v"
+    model.doc_string = "doc"
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.standard_normal((64, 33), np.float32), "b": rng.integers(0, 9, (600,), np.int64),
+              "c": rng.standard_normal((40, 30)).T, "d": np.ones((2000,), np.float16), "e": np.zeros(3, np.float32)}
+    for name, arr in arrays.items():
+        t = ir.tensor(arr, name=name)
+        if name == "a":
+            t.doc_string, t.metadata_props["why"] = "a weight", "test"
+        model.graph.register_initializer(ir.Value(name=name, const_value=t))
+    chunks, proto, stripped = bir.to_chunks(model, 1024)
+    expected = bir.to_proto(model).SerializeToString()
+    assert b"".join(bytes(c) for c in chunks) == expected
+    assert {"a", "b", "c", "d"} <= set(stripped) and "e" not in stripped
+    assert stripped["a"] == (TensorProto.FLOAT, [64, 33])
+    assert not {t.name for t in proto.graph.initializer} & set(stripped)
+    assert any(isinstance(c, memoryview) for c in chunks)  # zero-copy for plain arrays
+    # the model is left as it was: its weights are its own tensors again
+    assert model.graph.initializers["a"].const_value.numpy() is not None
+    assert bir.to_proto(model).SerializeToString() == expected
+    # written, it loads back with the same weights
+    out = bir.save_bytes(chunks, tmp_path / "m.onnx")
+    back = bushu.load(out)
+    np.testing.assert_array_equal(back.graph.initializers["c"].const_value.numpy(), arrays["c"])

@@ -12,6 +12,7 @@ import pytest
 
 import bushu
 import bushu.zoo
+from bushu import ir as bir
 from bushu.passes import registry
 from bushu.passes.verify import make_feeds, run_ort
 
@@ -213,28 +214,30 @@ def test_every_fusion_rule_is_gated_on_its_root_op():
 
 
 def test_output_check_without_its_weights_still_sees_their_types_and_shapes():
-    """The output's checker run leaves the large weights out (declared as inputs of their type and shape): a valid
-    model passes, and a weight whose shape doesn't fit its MatMul still fails the full check."""
+    """The output's checker run leaves the large weights out (to_chunks wrote them from their arrays; they are
+    declared as inputs of their type and shape): a valid model passes, and a weight whose shape doesn't fit its
+    MatMul still fails the full check."""
     from bushu.passes import STRIP_BYTES, _check_written
 
     def model(rows):
         w = onnx.numpy_helper.from_array(np.ones((rows, 64), np.float32), "w")
         assert w.ByteSize() > STRIP_BYTES
-        return onnx.helper.make_model(onnx.helper.make_graph(
+        return bir.ir.serde.deserialize_model(onnx.helper.make_model(onnx.helper.make_graph(
             [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
             [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
             [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [w]),
-            opset_imports=[onnx.helper.make_opsetid("", 17)])
+            opset_imports=[onnx.helper.make_opsetid("", 17)]))
 
-    good, bad = model(64), model(32)
-    assert _check_written(good) is None and not good.graph.initializer  # consumed: the weight was taken out
-    assert "Incompatible dimensions" in (_check_written(bad) or ""), _check_written(model(32))
+    (_, good, good_w), (_, bad, bad_w) = (bir.to_chunks(model(n), STRIP_BYTES) for n in (64, 32))
+    assert not good.graph.initializer and good_w == {"w": (onnx.TensorProto.FLOAT, [64, 64])}
+    assert _check_written(good, good_w) is None
+    assert "Incompatible dimensions" in (_check_written(bad, bad_w) or ""), _check_written(bad, bad_w)
 
 
 def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passes(monkeypatch, ppocr_cls):
     """--verify end: the original runs on ORT in a thread once the first pass changed the model (beside the passes),
-    the output in that thread too, from the serialized bytes (while the main thread writes them and runs the
-    checker); a pass that changed the results makes the result falsy, named by output."""
+    the output in that thread too, from the written file (while the main thread runs the checker); a pass that
+    changed the results makes the result falsy, named by output."""
     import threading
 
     from bushu.passes import verify
@@ -257,9 +260,9 @@ def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passe
     _, result = bushu.optimize(ppocr_cls, passes="lift-constants,perturb-weight", verify="end", latency=False,
                                show_progress=False)
     assert not result and result.verify_error and "FAIL" in result.verify_error, result.render()
-    # the reference beside the passes (the input file), then the output's bytes beside the write; one feed each
+    # the reference beside the passes (the input file), then the written output beside the checker; one feed each
     # (--verify end, no If/Loop/Scan)
-    assert runs == [(False, verify.PREFETCH_THREADS, 1, str), (False, 2, 1, bytes)]
+    assert runs == [(False, verify.PREFETCH_THREADS, 1, str), (False, 2, 1, str)]
 
 
 def test_default_samples(ppocr_cls, silero_vad):

@@ -8,12 +8,11 @@ pass is rolled back, named with the first divergent node, and the pipeline goes 
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import onnx
@@ -63,32 +62,17 @@ def check_model(model: ir.Model | str | os.PathLike) -> str | None:
 STRIP_BYTES = 1024  # initializers above this size are checked by type and shape, not re-read (_check_written)
 
 
-def _nbytes(t: onnx.TensorProto) -> int:
-    """A tensor's size from its dims and type (``ByteSize()`` walks the message: 2 ms per MB-sized tensor); 0 for
-    strings (kept: their size isn't their shape's)."""
-    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-        return 0
-    try:
-        return math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    except (KeyError, ValueError, TypeError):  # a type this onnx can't map: kept, the checker reads it
-        return 0
-
-
-def _check_written(proto: onnx.ModelProto) -> str | None:
-    """:func:`check_model` of a model onnx-ir just serialized into ``proto`` (whose bytes are written): the main
-    graph's initializers over ``STRIP_BYTES`` are taken out of ``proto`` (it is consumed) and declared as graph
-    inputs of their type and shape, so the full check (graph, types, shapes, opsets) runs without the checker
-    parsing the weights again (0.1 s for 45 MB). What that leaves unchecked, that a tensor's bytes fit its shape,
-    holds by construction: onnx-ir writes a tensor from an array of that shape, or copies the input's tensor, which
-    the input's check read."""
-    graph = proto.graph
-    declared = {i.name for i in graph.input}
-    for i in reversed(range(len(graph.initializer))):
-        t = graph.initializer[i]
-        if _nbytes(t) > STRIP_BYTES and t.data_location != onnx.TensorProto.EXTERNAL:
-            if t.name not in declared:
-                graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
-            del graph.initializer[i]
+def _check_written(proto: onnx.ModelProto, weights: Mapping[str, tuple[int, Sequence[int]]]) -> str | None:
+    """:func:`check_model` of a model written from ``proto`` by :func:`bushu.ir.to_chunks`: the main graph's
+    initializers over ``STRIP_BYTES`` are not in ``proto`` (they went to the file from their arrays' memory);
+    ``weights`` gives each one's ONNX type and dims. They are declared as graph inputs of that type and shape
+    (``proto`` is consumed), so the full check (graph, types, shapes, opsets) runs without the checker parsing the
+    weights (0.1 s for 45 MB). What that leaves unchecked, that a tensor's bytes fit its shape, holds by
+    construction: onnx-ir writes a tensor from an array of that shape, or copies the input's tensor, which the
+    input's check read."""
+    declared = {i.name for i in proto.graph.input}
+    proto.graph.input.extend(onnx.helper.make_tensor_value_info(name, dtype, dims)
+                             for name, (dtype, dims) in weights.items() if name not in declared)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:  # noqa: BLE001 -- as in check_model
@@ -234,11 +218,6 @@ def default_samples(model: ir.Model, verify: str) -> int:
     return 1 if verify == "end" and len(registry.graphs(model)) == 1 else 3
 
 
-def _in_one_proto(model: ir.Model) -> onnx.ModelProto | None:
-    """The model as one protobuf, when it fits one (no external data, under protobuf's limit), else None."""
-    return bir.to_proto(model) if bir.fits_one_proto(model) else None
-
-
 def _optimize(src: ir.Model, given: str | None, pool: ThreadPoolExecutor, output,
               t_start: float, *, level, passes, skip, verify, opset, static_shapes, inputs, samples, tol,
               fold_size_limit, allow_invalid, latency, force, show_progress, target, synth
@@ -302,16 +281,17 @@ def _optimize(src: ir.Model, given: str | None, pool: ThreadPoolExecutor, output
         else:
             # Serialized once: the final check and the latency read the file; the checker, that protobuf without
             # its weights.
-            proto = _in_one_proto(work)
             checking = None
-            if proto is not None:
-                data = proto.SerializeToString()
-                # ONNX Runtime verifies these bytes in the pool thread (it releases the GIL; the reference run,
-                # queued before, is done when it starts) while this thread writes them and checks the proto.
+            if bir.fits_one_proto(work):
+                chunks, proto, weights = bir.to_chunks(work, STRIP_BYTES)
+                written = bir.save_bytes(chunks, target_path)
+                # ONNX Runtime verifies the written file in the pool thread (the reference run, queued before, is
+                # done when it starts) while this thread checks the proto. From a path, ORT reads and parses the
+                # file with the GIL released; from bytes it holds the GIL for the whole parse (0.15-0.4 s on 45 MB),
+                # which would stall this thread.
                 if verifier is not None and not unchanged:
-                    checking = pool.submit(verifier.check, data)
-                written = bir.save_bytes(data, target_path)
-                checker_error = _check_written(proto) if not invalid else None
+                    checking = pool.submit(verifier.check, str(written))
+                checker_error = _check_written(proto, weights) if not invalid else None
             else:
                 written = bir.save(work, target_path, force=force)
                 checker_error = check_model(written) if not invalid else None
