@@ -164,3 +164,24 @@ def test_quantize_flags_do_what_the_issue_says(work, capsys, flags, check):
         steps = doc["budget_steps"]
         assert kept and any(not s["met"] for s in steps)  # fully quantized did not meet it: layers were kept
         assert len(kept) == min(len(s["float_layers"]) for s in steps if s["met"])
+
+
+def test_calibration_from_real_photos_with_a_yaml_spec_written_like_the_flags(ppocr_cls, tmp_path, capsys):
+    """Issue 4 §2: a folder of images with a preprocessing spec as a small YAML file, in the flags' own forms
+    (size: 48x192, std: 0.5,0.5,0.5) — it means exactly what the flags mean, and the images calibrate PP-OCR cls."""
+    from PIL import Image
+
+    from bushu.quant import ImagePreprocess
+
+    (tmp_path / "photos").mkdir()
+    for i, crop in enumerate(datasets.photo_crops(4, size=96)):
+        Image.fromarray(crop).save(tmp_path / "photos" / f"{i}.png")
+    spec = tmp_path / "pre.yaml"
+    spec.write_text("size: 48x192\nmean: [0.5, 0.5, 0.5]\nstd: 0.5,0.5,0.5\nchannels: BGR\n")
+    assert ImagePreprocess.from_yaml(spec) == ImagePreprocess(size=(48, 192), mean=(0.5,) * 3, std=(0.5,) * 3,
+                                                              channels="BGR")
+    doc = _json(capsys, ["quantize", str(ppocr_cls), "-o", str(tmp_path / "cls.int8.onnx"), "--calib",
+                         str(tmp_path / "photos"), "--preprocess", str(spec), "--method", "minmax",
+                         "--no-bias-correction", "--no-cle", "--no-speed", "-q", "--json"])
+    assert doc["calibration_samples"] == 4 and doc["quantized_layers"] > 40
+    assert any("upgraded from opset 11 to 13" in n for n in doc["notes"])  # §1: below 13 upgraded, and said
