@@ -10,6 +10,8 @@ EXAMPLES = """\
   bushu quantize model.onnx -o m.int8.onnx --calib feeds/ --eval my_metric.py:accuracy --budget eval-drop<=0.01
   bushu quantize model.onnx -o m.int8.onnx --calib feeds/ --diagnose --json
   bushu quantize encoder.onnx -o encoder.dyn.onnx --mode dynamic
+  bushu quantize encoder.onnx -o encoder.int4.onnx --mode int4 --engine openvino     # checked on OpenVINO too
+  bushu quantize model.onnx -o m.int8.onnx --calib feeds/ --engine openvino --placement ort
 """
 
 
@@ -24,6 +26,8 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 def add_arguments(p):
+    from ..quant.spec import PRESETS
+
     add_report_argument(p)
     p.add_argument("model", help="float ONNX model")
     p.add_argument("-o", "--output", required=True, help="where to write the quantized model")
@@ -31,6 +35,9 @@ def add_arguments(p):
     g = p.add_argument_group("what")
     g.add_argument("--mode", default="static", choices=["static", "dynamic", "weight-only", "int4", "fp16"])
     g.add_argument("--engine", default="ort", help="target engine: ort or openvino (default: ort)")
+    g.add_argument("--placement", default=None, choices=list(PRESETS),
+                   help="whose Q/DQ placement (static) or file format (dynamic, int4) to write, checked on --engine "
+                        "(default: on ort its own; on openvino each placement it computes right, the fastest kept)")
     g.add_argument("--method", default="mse", choices=["minmax", "percentile", "entropy", "mse", "auto"],
                    help="activation ranges (default: mse; auto starts from the best of the four on held-out feeds, then picks per tensor the method that lowers the output error)")
     g.add_argument("--percentile", type=float, default=99.999, help="for --method percentile (default: 99.999)")
@@ -100,7 +107,7 @@ def run(args):
         sq = _floats(sq, "--smoothquant")[0]
     sq = None if sq == "off" else sq
     config = QuantConfig(
-        engine=args.engine, mode=args.mode, method=args.method, per_channel=args.per_channel,
+        engine=args.engine, placement=args.placement, mode=args.mode, method=args.method, per_channel=args.per_channel,
         reduce_range=args.reduce_range, include=_csv(args.include), exclude=_csv(args.exclude),
         percentile=args.percentile, max_samples=args.samples, smoothquant=sq,
         bias_correction=args.bias_correction, cle=args.cle, adaround=args.adaround, budget=args.budget,

@@ -40,6 +40,10 @@ class QuantizeResult(Result):
     placement: str = ""
     engine_check: EngineCheck | None = None
     rejected: tuple[EngineCheck, ...] = ()
+    # the kernels the target engine runs the weighted layers with ("MatMulNBits": 36, "FullyConnected i4": 36) and
+    # the weights' bytes before and after (non-static modes)
+    kernels: dict[str, int] = dataclasses.field(default_factory=dict)
+    weight_bytes: tuple[int, int] | None = None
     model: ir.Model | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __bool__(self) -> bool:
@@ -54,7 +58,7 @@ class QuantizeResult(Result):
         if self.budget:
             s += f"; budget {self.budget} {'met' if self.budget_met else 'NOT met'}"
         if self.engine_check is not None and not self.engine_check:
-            s += f"; {self.engine} computes it WRONG"
+            s += f"; {self.engine} {'cannot run it' if self.engine_check.error else 'computes it WRONG'}"
         return s
 
     def render(self) -> str:
@@ -69,6 +73,11 @@ class QuantizeResult(Result):
             out.append(f"rejected     {c}")
         if self.engine_check is not None:
             out.append(f"{'verified' if self.engine_check else 'WRONG':13s}{self.engine_check}")
+        if self.kernels:
+            out.append(f"kernels      on {self.engine}: " + ", ".join(f"{k} ×{v}" for k, v in self.kernels.items()))
+        if self.weight_bytes:
+            before, after = self.weight_bytes
+            out.append(f"weights      {before / 1e6:.2f} MB → {after / 1e6:.2f} MB ({before / max(after, 1):.1f}× smaller)")
         if self.budget:
             out.append(f"budget       {self.budget}: {'met' if self.budget_met else 'NOT met'}")
             for st in self.budget_steps:

@@ -80,7 +80,7 @@ class EngineCheck(Result):
     def __str__(self) -> str:
         head = f"{self.engine} {self.version}, {self.placement} placement"
         if self.error:
-            return f"{head}: the engine failed on the file: {self.error}"
+            return f"{head}: {self.engine} cannot run this file (output SNR {self.reference.snr_db:.1f} dB on {REFERENCE}): {self.error}"
         t, r = self.target, self.reference
 
         def top(a: Accuracy) -> str:

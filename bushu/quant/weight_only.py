@@ -44,28 +44,41 @@ def int8(model: ir.Model, preset: EnginePreset, **kw) -> tuple[ir.Model, Plan]:
     return convert(model, p, {}, preset), p
 
 
-def int4(model: ir.Model, block_size: int = 32, **kw) -> tuple[ir.Model, Plan]:
-    """Block-wise INT4 MatMul weights in place (the model must be at opset ≥ 21)."""
+def whole_block(k: int, block_size: int) -> int | None:
+    """The largest block of at least 16 rows, at most ``block_size``, that divides ``k`` rows (None: none does)."""
+    return next((d for d in range(block_size, 15, -1) if k % d == 0), None)
+
+
+def int4(model: ir.Model, block_size: int = 32, *, whole_blocks: bool = False, **kw) -> tuple[ir.Model, Plan]:
+    """Block-wise INT4 MatMul weights in place (the model must be at opset ≥ 21). With ``whole_blocks`` (OpenVINO
+    2026.4 can't read a partial last block), a MatMul whose rows are not a whole number of blocks gets the largest
+    block below ``block_size`` that divides them (PP-OCRv4 rec's 120 rows: 30), or stays float if none does."""
     p = weight_plan(model, ops=("MatMul",), **kw)
     b = Builder(model.graph)
     nodes = {n.name: n for n in model.graph}
-    done = []
+    done, reasons = [], dict(p.reasons)
     for ws in p.weights:
         node = nodes[ws.node]
         w = node.inputs[1].const_value.numpy().astype(np.float32)  # K x N
         k, n = w.shape
         if k < block_size:
+            reasons[node.name] = f"{k} rows, fewer than one int4 block of {block_size}"
             continue
-        pad = (-k) % block_size
+        bs = whole_block(k, block_size) if whole_blocks else block_size
+        if bs is None:
+            reasons[node.name] = (f"no int4 block of 16–{block_size} rows divides its {k} rows (OpenVINO can't "
+                                  "read a partial block)")
+            continue
+        pad = (-k) % bs
         wp = np.pad(w, ((0, pad), (0, 0)))
-        blocks = wp.reshape(-1, block_size, n)
+        blocks = wp.reshape(-1, bs, n)
         scale = np.abs(blocks).max(axis=1) / INT4_MAX  # (K/bs) x N
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
         q = np.clip(np.rint(blocks / scale[:, None, :]), INT4_MIN, INT4_MAX).reshape(-1, n)[:k]
         # DequantizeLinear's blocked scale has the data's shape with the blocked axis divided (rounded up)
         qv = b.const(f"{ws.weight}_int4", q.astype(ml_dtypes.int4))
         sv = b.const(f"{ws.weight}_scale", scale)
-        dq = ir.node("DequantizeLinear", [qv, sv], {"axis": 0, "block_size": block_size},
+        dq = ir.node("DequantizeLinear", [qv, sv], {"axis": 0, "block_size": bs},
                      name=b.unique(f"{ws.weight}_DequantizeLinear"))
         dq.outputs[0].name = b.unique(f"{ws.weight}_dq")
         dq.outputs[0].dtype = ir.DataType.FLOAT
@@ -75,4 +88,4 @@ def int4(model: ir.Model, block_size: int = 32, **kw) -> tuple[ir.Model, Plan]:
     for name in [x for x, v in model.graph.initializers.items() if not v.uses()]:
         model.graph.initializers.pop(name)
     TopologicalSortPass()(model)
-    return model, Plan(tuple(done), {}, (), tuple(w.node for w in done), p.reasons)
+    return model, Plan(tuple(done), {}, (), tuple(w.node for w in done), reasons)
