@@ -14,9 +14,10 @@ graph differ (a "slower" or "≤" there is noise, not a graph effect). On OpenVI
 (silero VAD's ``sr``) runs every variant with them bound and its inputs at the feed's static shapes (``open_timed``).
 
 Stage 2 (``--decide-rounds``, default 30) decides every (model, engine) where a bushu cell's stage-1 verdict is
-not "≤": one focused interleaved run of onnxsim's, onnxslim's, bushu's and the control's files, each opened in two
-sessions (a file is not judged by one session's luck), a sample being a batch of runs lasting ≥ 5 ms (tiny models),
-every session ``--decide-budget`` s per round in a rotated order; a file's round value is the geometric mean of its
+not "≤" (``--decide-all``: every one): one focused interleaved run of onnxsim's, onnxslim's, bushu's and the
+control's files, each open in two sessions, reopened afresh in 5 stretches of the rounds (a file is not judged by one
+session's luck: two sessions of one file differ by up to ~25% on OpenVINO), a sample being a batch of runs lasting
+≥ 5 ms (tiny models), every session ``--decide-budget`` s per round in a rotated order; a file's round value is the geometric mean of its
 two sessions' medians. Each ratio gets its median over rounds with the 95% order-statistics confidence interval
 (which narrows with more rounds, unlike an IQR), and a verdict: "≤" when the median ≤ 1, "equal (±2%)" when the CI
 contains 1 and lies within 0.98–1.02, "slower" when the CI lies above 1, else "undecided".
@@ -305,7 +306,7 @@ def same_executable(paths: dict[str, Path], engine: str, values: dict, feed) -> 
 DECIDE_FILES = ("onnxsim", "onnxslim", "bushu", "control")
 SESSIONS_PER_FILE = 2  # each file opened twice, so no file is judged by one session's luck (arena, alignment)
 SAMPLE_MS = 5.0  # a timed sample is a batch of runs lasting at least this long (tiny models: 0.04 ms a run)
-EPOCHS = 3  # the sessions are opened afresh this many times over the rounds
+EPOCHS = 5  # the sessions are opened afresh this many times over the rounds (6 rounds each at 30)
 EQUAL_MARGIN = 0.02  # "equal": the median ratio's 95% CI lies within 1 ± this and contains 1
 
 
