@@ -205,3 +205,26 @@ def test_eval_metric_budget(cli, digits_onnx, digits, tmp_path):
     assert acc["eval_float"] > 0.95 and acc["eval_float"] - acc["eval_quantized"] <= 0.005
     p = cli("quantize", digits_onnx, "-o", tmp_path / "o.onnx", "--calib", calib, "--eval", f"{metric}:accuracy")
     assert p.returncode == 2 and "eval-drop" in p.stderr
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def fn(run):\n    raise KeyError('logits')\n", "raised KeyError: 'logits'"),
+    ("def fn(run):\n    return 'high'\n", "returned 'high': it must return a number"),
+    ("def fn(run):\n    return float('nan')\n", "returned nan: it must return a finite number"),
+    ("def fn(run:\n", "importing .* failed: SyntaxError"),
+])
+def test_a_failing_eval_function_is_the_users_error_not_an_internal_one(digits_onnx, digits, tmp_path, capsys,
+                                                                          body, message):
+    """--eval runs the user's code: its exception, a non-number or NaN is one line naming their function, exit 2
+    (it was 'internal error … report it', exit 3; NaN silently failed the budget)."""
+    import re
+
+    from bushu.cli.main import main
+
+    (tmp_path / "metric.py").write_text(body)
+    (tmp_path / "calib").mkdir()
+    np.savez(tmp_path / "calib" / "0.npz", input=digits[0][:1])
+    rc = main(["quantize", str(digits_onnx), "-o", str(tmp_path / "o.onnx"), "--calib", str(tmp_path / "calib"),
+               "--eval", f"{tmp_path / 'metric.py'}:fn", "--budget", "eval-drop<=0.01", "--no-speed", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), err

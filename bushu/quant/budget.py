@@ -117,11 +117,38 @@ def load_eval(spec: str) -> Callable:
         raise BushuError(f"--eval: no such file {p}")
     modspec = importlib.util.spec_from_file_location(f"bushu_eval_{p.stem}", p)
     mod = importlib.util.module_from_spec(modspec)
-    modspec.loader.exec_module(mod)  # the user's own code, by their request
+    try:
+        modspec.loader.exec_module(mod)  # the user's own code, by their request
+    except Exception as e:
+        raise BushuError(f"--eval: importing {p} failed: {type(e).__name__}: {_one_line(e)} (--debug shows where)"
+                         ) from e
     fn = getattr(mod, name, None)
     if not callable(fn):
         raise BushuError(f"--eval: {p} has no function '{name}'")
-    return fn
+
+    def metric(run) -> float:
+        """The user's function, its failures named as theirs (not bushu's internal errors)."""
+        try:
+            value = fn(run)
+        except BushuError:
+            raise
+        except Exception as e:
+            raise BushuError(f"--eval {spec} raised {type(e).__name__}: {_one_line(e)} (--debug shows where)"
+                             ) from e
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise BushuError(f"--eval {spec} returned {value!r}: it must return a number (higher is better)"
+                             ) from None
+        if not math.isfinite(value):
+            raise BushuError(f"--eval {spec} returned {value}: it must return a finite number")
+        return value
+
+    return metric
+
+
+def _one_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 @dataclasses.dataclass(frozen=True)
