@@ -11,6 +11,7 @@ import json
 import re
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import bushu
@@ -185,3 +186,25 @@ def test_calibration_from_real_photos_with_a_yaml_spec_written_like_the_flags(pp
                          "--no-bias-correction", "--no-cle", "--no-speed", "-q", "--json"])
     assert doc["calibration_samples"] == 4 and doc["quantized_layers"] > 40
     assert any("upgraded from opset 11 to 13" in n for n in doc["notes"])  # §1: below 13 upgraded, and said
+
+
+@pytest.mark.parametrize("command", ["optimize", "edit", "quantize", "reduce", "run", "bench"])
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(work, command, capsys):
+    """-o (or --save-outputs/--csv) under a regular file: bad input, exit 2, naming the path — not an internal
+    error (it was FileExistsError/FileNotFoundError, exit 3)."""
+    d, m = work
+    bad = str(m) + ("/out.npz" if command == "run" else "/out.onnx")  # the model file is no folder
+    argv = {"optimize": ["-o", bad, "--verify", "off", "--no-latency"], "edit": ["-o", bad],
+            "quantize": ["-o", bad, "--calib", str(d / "feeds"), "--no-speed", "--method", "minmax"],
+            "reduce": [str(m), "-o", bad], "run": ["--save-outputs", bad],
+            "bench": ["--csv", bad, "--engines", "ort", "--in-process", "--warmup", "0.01", "--budget", "0.02"]}
+    if command == "reduce":  # a second model whose first Conv differs: reduce has something to write
+        other = bushu.load(m)
+        w = next(n for n in other.graph if n.op_type == "Conv").inputs[1]
+        w.const_value = ir.tensor(w.const_value.numpy() * 1.05, name=w.name)
+        bushu.save(other, d / "perturbed.onnx", force=True)
+        argv["reduce"][0] = str(d / "perturbed.onnx")
+    rc = main([command, str(m), *argv[command], "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith(f"bushu {command}: error: cannot write {bad}:") and len(err.strip().splitlines()) == 1

@@ -108,12 +108,47 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bushu {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug in bushu, not bad input: say so, keep it one line unless --debug
+    except OSError as e:
+        where = _output_path_error(e, args)
+        if where is None:
+            return _internal_error(e, args)
         if args.debug:
-            raise
-        print(f"bushu {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback "
-              "and report it)", file=sys.stderr)
-        return 3
+            traceback.print_exc()
+        print(f"bushu {args.command}: error: cannot write {where}: {e.strerror or e} ({e.filename}): "
+              "choose an output in a folder you can write", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug in bushu, not bad input: say so, keep it one line unless --debug
+        return _internal_error(e, args)
+
+
+def _internal_error(e: Exception, args) -> int:
+    if args.debug:
+        raise e
+    print(f"bushu {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback "
+          "and report it)", file=sys.stderr)
+    return 3
+
+
+def _output_path_error(e: OSError, args) -> str | None:
+    """The ``-o``/``--output`` path when ``e`` is the failure to write it or to make its folder (a bad path the
+    user gave: exit 2), else None (an OSError elsewhere is bushu's own)."""
+    import os
+
+    if not e.filename:
+        return None
+    failed = os.path.abspath(os.fsdecode(e.filename))
+    for attr in ("output", "out", "save_outputs", "csv", "trace", "report"):
+        out = getattr(args, attr, None)
+        if not isinstance(out, (str, os.PathLike)) or not out:
+            continue
+        target = os.path.abspath(out)
+        # the output itself, a folder on its way (one that is missing or a file), the atomic writer's temporary
+        # beside it, or a file inside it (outputs that are folders)
+        beside = os.path.dirname(failed) == os.path.dirname(target) and os.path.basename(failed).startswith(".bushu-")
+        if failed == target or target.startswith(failed.rstrip(os.sep) + os.sep) or beside \
+                or failed.startswith(target + os.sep):
+            return os.fsdecode(out)
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover
