@@ -214,144 +214,200 @@ def _clip_from_zero(node: ir.Node) -> bool:
 
 def plan(model: ir.Model, preset: EnginePreset, *, include=(), exclude=(), keep_float=()) -> Plan:
     """Decide, for ``model`` (float, opset ≥ 13, weights as initializers), what :func:`convert` will quantize."""
-    graph = model.graph
-    outputs = {v.name for v in graph.outputs}
-    region = _float_region(graph)
-    se = squeeze_excite(graph) if preset.float_se else set()
-    qparams_of: dict[str, str] = {}  # tensor -> tensor whose range it takes
-    weights: list[WeightSpec] = []
-    folded: list[str] = []
-    quantized: list[str] = []
-    reasons: dict[str, str] = {}
+    return _Planner(model, preset, include, exclude, keep_float).run()
 
-    def user_float(node: ir.Node) -> str | None:
-        if _matches(node, exclude):
+
+class _Planner:
+    """One model's plan in the making. :meth:`run` visits the nodes in graph order and hands each to the rule of its
+    kind (:meth:`compute`, :meth:`arith`, :meth:`shared`); each decision the module docstring lists is one method."""
+
+    def __init__(self, model: ir.Model, preset: EnginePreset, include, exclude, keep_float):
+        self.graph = model.graph
+        self.preset = preset
+        self.include, self.exclude, self.keep_float = include, exclude, keep_float
+        self.outputs = {v.name for v in self.graph.outputs}
+        self.region = _float_region(self.graph)
+        self.se = squeeze_excite(self.graph) if preset.float_se else set()
+        self.qparams_of: dict[str, str] = {}  # tensor -> tensor whose range it takes
+        self.weights: list[WeightSpec] = []
+        self.folded: list[str] = []
+        self.quantized: list[str] = []
+        self.reasons: dict[str, str] = {}
+
+    def run(self) -> Plan:
+        for node in self.graph:
+            acts = [v for v in node.inputs if v is not None and not _is_const(v)]
+            if node.op_type in self.preset.compute_ops:
+                self.compute(node, acts)
+            elif node.op_type in self.preset.arith_ops:
+                self.arith(node, acts)
+            elif node.op_type in self.preset.shared_ops:
+                self.shared(node)
+        return Plan(tuple(self.weights), self.qparams_of, tuple(self.folded), tuple(self.quantized), self.reasons,
+                    self.qtypes())
+
+    # -- which nodes may be quantized at all
+    def user_float(self, node: ir.Node) -> str | None:
+        """Case 1: the user's (or the budget's) choice."""
+        if _matches(node, self.exclude):
             return "excluded"
-        if _matches(node, keep_float):
+        if _matches(node, self.keep_float):
             return "kept in float by the accuracy budget"
-        if include and not _matches(node, include):
+        if self.include and not _matches(node, self.include):
             return "not included"
         return None
 
-    def quantize_input(v: ir.Value) -> None:
-        qparams_of.setdefault(v.name, v.name)
+    def float_reason(self, node: ir.Node, acts: list[ir.Value]) -> str | None:
+        """Why compute node ``node`` stays in float (Cases 1, 8, 10, 2, 12), or None."""
+        why = self.user_float(node)
+        if why:
+            return why
+        if node.name in self.se:
+            return "squeeze-excite gate (1×1 map: float is faster)"
+        if self.preset.float_stem and _is_stem(node, self.graph):
+            return "reads the ≤ 4-channel model input (the int8 kernel is slower there)"
+        if not acts or not all(_is_float(v) for v in acts):
+            return "no float activation input"
+        if node.name in self.region:
+            return "mask/Softmax arithmetic"
+        if self.preset.float_attention and node.op_type == "MatMul" and len(acts) == 2:  # Case 12
+            return "activation × activation (attention): the float kernel is faster here"
+        if node.op_type != "MatMul" and not self.weight_axis(node):
+            return "weights are not constant" if not _is_const(node.inputs[1]) else "grouped"
+        return None
 
-    def takes_quantized(user: ir.Node) -> bool:
-        if user_float(user) or user.name in region or user.name in se:
+    @staticmethod
+    def weight_axis(node: ir.Node) -> tuple[int] | tuple[()]:
+        """``(axis,)`` of a constant weight's output channels, ``()`` when it has none."""
+        axis = weight_axis(node) if _is_const(node.inputs[1]) else None
+        return () if axis is None else (axis,)
+
+    def takes_quantized(self, user: ir.Node) -> bool:
+        """Whether ``user`` reads its input quantized (Case 7's test; data-movement and post-ops pass it on)."""
+        p = self.preset
+        if self.user_float(user) or user.name in self.region or user.name in self.se:
             return False
-        if user.op_type in preset.compute_ops:
-            return not (preset.float_attention and user.op_type == "MatMul"
+        if user.op_type in p.compute_ops:
+            return not (p.float_attention and user.op_type == "MatMul"
                         and not any(_is_const(v) for v in user.inputs))  # Case 12
-        if user.op_type in preset.shared_ops:  # moves the int8 tensor on: worth it when someone reads it quantized
-            return any(takes_quantized(u) for o in user.outputs if o.name not in outputs for u in o.consumers())
-        if user.op_type in preset.arith_ops:
+        if user.op_type in p.shared_ops:  # moves the int8 tensor on: worth it when someone reads it quantized
+            return any(self.takes_quantized(u) for o in user.outputs if o.name not in self.outputs
+                       for u in o.consumers())
+        if user.op_type in p.arith_ops:
             return all(v is not None and not _is_const(v) for v in user.inputs)
-        if user.op_type in preset.post_ops:
-            return any(takes_quantized(u) for u in user.outputs[0].consumers())
+        if user.op_type in p.post_ops:
+            return any(self.takes_quantized(u) for u in user.outputs[0].consumers())
         return False
 
-    def post_op_chain(v: ir.Value) -> ir.Value:
+    # -- where each quantized tensor gets its Q/DQ
+    def quantize_input(self, v: ir.Value) -> None:
+        self.qparams_of.setdefault(v.name, v.name)
+
+    def post_op_chain(self, v: ir.Value) -> ir.Value:
         """The end of the constant Mul/Add chain after activation output ``v`` (Case 6, ``affine_post_ops``)."""
-        while preset.affine_post_ops:
+        while self.preset.affine_post_ops:
             users = v.consumers()
             u = users[0] if len(users) == 1 else None
-            if (u is None or not _const_affine(u) or user_float(u) or u.name in region
-                    or u.outputs[0].name in outputs):
+            if (u is None or not _const_affine(u) or self.user_float(u) or u.name in self.region
+                    or u.outputs[0].name in self.outputs):
                 break
             v = u.outputs[0]
         return v
 
-    def quantize_output(node: ir.Node) -> None:
+    def quantize_after_bias(self, node: ir.Node) -> bool:
+        """Case 7 on OpenVINO: a MatMul/Gemm whose bias Add feeds only data-movement ops read quantized is quantized
+        once, after the Add. True when it was."""
+        if node.op_type not in ("MatMul", "Gemm") or not self.preset.affine_post_ops:
+            return False
         out = node.outputs[0]
-        if out.name in outputs:
-            return
-        if node.op_type in ("MatMul", "Gemm") and preset.affine_post_ops:
-            end = post_op_chain(out)  # the bias Add (Case 7)
-            if (end is not out and end.consumers()
-                    and all(u.op_type in preset.shared_ops and takes_quantized(u) for u in end.consumers())):
-                qparams_of[end.name] = end.name
-                return
-        if node.op_type in _FLOAT_OUT and not any(takes_quantized(u) for u in out.consumers()):
-            return  # Case 7: engines run DQ → MatMul/Gemm/pool → float as one kernel (MatMulIntegerToFloat, QGemm)
-        users = out.consumers()
-        act = users[0] if len(users) == 1 else None
-        if (act is not None and act.op_type in preset.post_ops and act.outputs[0].name not in outputs
-                and user_float(act) is None):
-            if not preset.fold_activations:
-                end = post_op_chain(act.outputs[0])
-                qparams_of[end.name] = end.name
-                return
-            if (preset.activations.qmin == 0 and act.op_type in FOLDABLE_ACTIVATIONS
-                    and _clip_from_zero(act)):
-                folded.append(act.name)
-                qparams_of[out.name] = act.outputs[0].name
-                # the activation's output becomes the producer's output: already quantized, nothing to insert
-                qparams_of[act.outputs[0].name] = act.outputs[0].name
-                return
-        qparams_of[out.name] = out.name
+        end = self.post_op_chain(out)  # the bias Add
+        if (end is not out and end.consumers()
+                and all(u.op_type in self.preset.shared_ops and self.takes_quantized(u) for u in end.consumers())):
+            self.qparams_of[end.name] = end.name
+            return True
+        return False
 
-    for node in graph:
-        op = node.op_type
-        acts = [v for v in node.inputs if v is not None and not _is_const(v)]
-        why = user_float(node)
-        if op in preset.compute_ops:
-            if why:
-                reasons[node.name] = why
-                continue
-            if node.name in se:
-                reasons[node.name] = "squeeze-excite gate (1×1 map: float is faster)"
-                continue
-            if preset.float_stem and _is_stem(node, graph):
-                reasons[node.name] = "reads the ≤ 4-channel model input (the int8 kernel is slower there)"
-                continue
-            if not acts or not all(_is_float(v) for v in acts):
-                reasons[node.name] = "no float activation input"
-                continue
-            if node.name in region:
-                reasons[node.name] = "mask/Softmax arithmetic"
-                continue
-            if preset.float_attention and op == "MatMul" and len(acts) == 2:  # Case 12
-                reasons[node.name] = "activation × activation (attention): the float kernel is faster here"
-                continue
-            axis = weight_axis(node) if _is_const(node.inputs[1]) else None
-            if op != "MatMul" and axis is None:
-                reasons[node.name] = "weights are not constant" if not _is_const(node.inputs[1]) else "grouped"
-                continue
-            for v in acts:
-                quantize_input(v)
-            if axis is not None:
-                bias = node.inputs[2] if len(node.inputs) > 2 and op != "MatMul" else None
-                w = node.inputs[1]
-                ok_bias = (bias is not None and _is_const(bias) and bias.const_value is not None
-                           and len(bias.const_value.shape) == 1 and w.const_value is not None
-                           and bias.const_value.shape[0] == w.const_value.shape[axis])
-                weights.append(WeightSpec(node.name, w.name, axis, bias.name if ok_bias else None, acts[0].name))
-            quantize_output(node)
-            quantized.append(node.name)
-        elif op in preset.arith_ops:
-            if why or node.name in region or not acts or len(acts) != len([i for i in node.inputs if i is not None]):
-                continue
-            if _is_hardswish(node):  # Case 9
-                out = node.outputs[0]
-                if out.name not in outputs and any(takes_quantized(u) for u in out.consumers()):
-                    qparams_of[out.name] = out.name
-                continue
-            if not all(_is_float(v) for v in acts) or not any(v.name in qparams_of for v in acts):
-                continue
-            for v in acts:
-                quantize_input(v)
-            quantize_output(node)
-            quantized.append(node.name)
-        elif op in preset.shared_ops:
-            src = node.inputs[0]
-            if why or src is None or src.name not in qparams_of or node.outputs[0].name in outputs:
-                continue
-            for out in node.outputs:
-                if _is_float(out):
-                    qparams_of[out.name] = qparams_of[src.name]
-            quantized.append(node.name)
-    qtypes = {}
-    if preset.concat_activations is not None:  # Case 11
-        producers = {o.name: n.op_type for n in graph for o in n.outputs}
-        qtypes = {src: preset.concat_activations for src in set(qparams_of.values()) if producers.get(src) == "Concat"}
-    return Plan(tuple(weights), qparams_of, tuple(folded), tuple(quantized), reasons, qtypes)
+    def quantize_after_activation(self, node: ir.Node) -> bool:
+        """Case 6: the single activation after ``node`` is folded into its Q (uint8 presets), or the Q goes after the
+        activation and its constant affine chain (OpenVINO). True when one of the two applied."""
+        p = self.preset
+        users = node.outputs[0].consumers()
+        act = users[0] if len(users) == 1 else None
+        if (act is None or act.op_type not in p.post_ops or act.outputs[0].name in self.outputs
+                or self.user_float(act) is not None):
+            return False
+        if not p.fold_activations:
+            end = self.post_op_chain(act.outputs[0])
+            self.qparams_of[end.name] = end.name
+            return True
+        if p.activations.qmin == 0 and act.op_type in FOLDABLE_ACTIVATIONS and _clip_from_zero(act):
+            self.folded.append(act.name)
+            self.qparams_of[node.outputs[0].name] = act.outputs[0].name
+            # the activation's output becomes the producer's output: already quantized, nothing to insert
+            self.qparams_of[act.outputs[0].name] = act.outputs[0].name
+            return True
+        return False
+
+    def quantize_output(self, node: ir.Node) -> None:
+        out = node.outputs[0]
+        if out.name in self.outputs or self.quantize_after_bias(node):
+            return
+        if node.op_type in _FLOAT_OUT and not any(self.takes_quantized(u) for u in out.consumers()):
+            return  # Case 7: engines run DQ → MatMul/Gemm/pool → float as one kernel (MatMulIntegerToFloat, QGemm)
+        if not self.quantize_after_activation(node):
+            self.qparams_of[out.name] = out.name
+
+    # -- the rule for each kind of node
+    def compute(self, node: ir.Node, acts: list[ir.Value]) -> None:
+        """Case 3: Conv/ConvTranspose/Gemm/MatMul — inputs per tensor, weights per output channel, int32 bias."""
+        why = self.float_reason(node, acts)
+        if why:
+            self.reasons[node.name] = why
+            return
+        for v in acts:
+            self.quantize_input(v)
+        for axis in self.weight_axis(node):
+            bias = node.inputs[2] if len(node.inputs) > 2 and node.op_type != "MatMul" else None
+            w = node.inputs[1]
+            ok_bias = (bias is not None and _is_const(bias) and bias.const_value is not None
+                       and len(bias.const_value.shape) == 1 and w.const_value is not None
+                       and bias.const_value.shape[0] == w.const_value.shape[axis])
+            self.weights.append(WeightSpec(node.name, w.name, axis, bias.name if ok_bias else None, acts[0].name))
+        self.quantize_output(node)
+        self.quantized.append(node.name)
+
+    def arith(self, node: ir.Node, acts: list[ir.Value]) -> None:
+        """Case 4 (Add/Mul/Concat/pooling/Sigmoid of quantized activations) and Case 9 (a written-out HardSwish)."""
+        if (self.user_float(node) or node.name in self.region or not acts
+                or len(acts) != len([i for i in node.inputs if i is not None])):
+            return
+        if _is_hardswish(node):  # Case 9
+            out = node.outputs[0]
+            if out.name not in self.outputs and any(self.takes_quantized(u) for u in out.consumers()):
+                self.qparams_of[out.name] = out.name
+            return
+        if not all(_is_float(v) for v in acts) or not any(v.name in self.qparams_of for v in acts):
+            return
+        for v in acts:
+            self.quantize_input(v)
+        self.quantize_output(node)
+        self.quantized.append(node.name)
+
+    def shared(self, node: ir.Node) -> None:
+        """Case 5: a data-movement op of a quantized tensor shares its range."""
+        src = node.inputs[0]
+        if (self.user_float(node) or src is None or src.name not in self.qparams_of
+                or node.outputs[0].name in self.outputs):
+            return
+        for out in node.outputs:
+            if _is_float(out):
+                self.qparams_of[out.name] = self.qparams_of[src.name]
+        self.quantized.append(node.name)
+
+    def qtypes(self) -> dict[str, QType]:
+        """Case 11: a Concat's output (and what shares its range) stored as ``preset.concat_activations``."""
+        if self.preset.concat_activations is None:
+            return {}
+        producers = {o.name: n.op_type for n in self.graph for o in n.outputs}
+        return {src: self.preset.concat_activations for src in set(self.qparams_of.values())
+                if producers.get(src) == "Concat"}
