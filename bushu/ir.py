@@ -274,14 +274,41 @@ class _Shape(ir.Tensor):
 _RAW_KINDS = "fiub"  # numpy kinds whose memory is ONNX's raw_data as is (little-endian); others go by tobytes()
 
 
-def _raw(tensor) -> bytes | memoryview:
-    """A tensor's ``raw_data``, without a copy when it is a C-contiguous little-endian numpy array of its type."""
+def _raw(tensor, name: str) -> bytes | memoryview:
+    """A tensor's ``raw_data``, without a copy when it is a C-contiguous little-endian numpy array of its type;
+    refused when its size isn't what its type and shape need (a tensor read from a corrupt file)."""
     arr = getattr(tensor, "raw", None)
     if (isinstance(arr, np.ndarray) and arr.flags.c_contiguous and arr.dtype.kind in _RAW_KINDS
             and arr.dtype.byteorder in ("<", "=", "|") and sys.byteorder == "little"
             and arr.dtype == tensor.dtype.numpy()):
-        return memoryview(arr).cast("B")
-    return tensor.tobytes()
+        data = memoryview(arr).cast("B")
+    else:
+        try:
+            data = tensor.tobytes()
+        except Exception as e:  # onnx-ir can't lay out data that doesn't fit the shape (typed fields)
+            raise BushuError(f"tensor '{name}': its data doesn't fit its type and shape ({str(e).splitlines()[0]}): "
+                             "the model is corrupt; re-export it") from None
+    if len(data) != tensor.nbytes:
+        raise BushuError(f"tensor '{name}' holds {len(data)} bytes but its type and shape need {tensor.nbytes}: the "
+                         "model is corrupt; re-export it")
+    return data
+
+
+def _to_proto_without(model: ir.Model, min_bytes: int) -> tuple[onnx.ModelProto, dict[str, ir.TensorProtocol]]:
+    """:func:`to_proto` with the main graph's initializers over ``min_bytes`` (not external, not strings) written by
+    name, type and shape only, no data; and those tensors by name. The model is left as it was."""
+    big = {}
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if (t is not None and not isinstance(t, (ir.ExternalTensor, ir.StringTensor, _Shape))
+                and t.nbytes > min_bytes):
+            big[v.name] = t
+            v.const_value = _Shape(t)
+    try:
+        return to_proto(model), big
+    finally:
+        for name, t in big.items():
+            model.graph.initializers[name].const_value = t
 
 
 def to_chunks(model: ir.Model, min_bytes: int = 1024
@@ -294,24 +321,13 @@ def to_chunks(model: ir.Model, min_bytes: int = 1024
     the ONNX type and dims of each (by name). A ModelProto's bytes are its fields' encodings in field-number order,
     so the weights' encodings can be placed between the graph's other fields. For one-protobuf models
     (:func:`fits_one_proto`)."""
-    big = {}
-    for v in model.graph.initializers.values():
-        t = v.const_value
-        if (t is not None and not isinstance(t, (ir.ExternalTensor, ir.StringTensor, _Shape))
-                and t.nbytes > min_bytes):
-            big[v.name] = t
-            v.const_value = _Shape(t)
-    try:
-        proto = to_proto(model)
-    finally:
-        for name, t in big.items():
-            model.graph.initializers[name].const_value = t
+    proto, big = _to_proto_without(model, min_bytes)
     graph = proto.graph
     entries: list[bytes | memoryview] = []
     small, stripped = [], {}
     for t in graph.initializer:
         if t.name in big:
-            data = _raw(big[t.name])
+            data = _raw(big[t.name], t.name)
             stripped[t.name] = (t.data_type, list(t.dims))
             t.ClearField("raw_data")
             head, tail = t.SerializeToString(), b""
