@@ -208,3 +208,17 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(work, command, 
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.startswith(f"bushu {command}: error: cannot write {bad}:") and len(err.strip().splitlines()) == 1
+
+
+def test_identity_permutation_and_same_shape_flatten_are_removed():
+    """Issue 3's no-op list: the two items no pass test covered (an identity Transpose permutation, a Flatten to
+    the shape it already has)."""
+    from test_passes_cleanup import optimize, ops
+
+    _, after, _ = optimize("""
+    g (float[2, 4] x) => (float[2, 4] y) {
+      a = Transpose <perm = [0, 1]> (x)
+      f = Flatten <axis = 1> (a)
+      y = Relu (f)
+    }""", "shape-inference", "eliminate-no-ops", "eliminate-no-op-shapes", "dead-code")
+    assert ops(after) == ["Relu"] and after.graph.node(0).inputs[0] is after.graph.inputs[0]
