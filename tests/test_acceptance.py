@@ -140,6 +140,7 @@ def test_a_rolled_back_pass_leaves_the_weights_shared_not_copied(digits_onnx, mo
     (["--budget", "maxabs<=0.05"], "maxabs"),
     (["--budget", "cosine>=0.99999"], "cosine"),
     (["--exclude", "Gemm", "--method", "percentile"], "exclude"),
+    (["--method", "auto", "--budget", "snr>=35"], "fastest"),
 ])
 def test_quantize_flags_do_what_the_issue_says(work, capsys, flags, check):
     """Issue 4's CLI flags on the real digits CNN, each checked in the saved file or the JSON result: weights per
@@ -158,6 +159,11 @@ def test_quantize_flags_do_what_the_issue_says(work, capsys, flags, check):
         assert doc["calibration_samples"] == 5
     elif check == "exclude":
         assert floats["node_linear"] == "excluded" and doc["method"] == "percentile"
+    elif check == "fastest":  # two range methods meet the budget: the one kept is the faster, and it says so
+        met = {s["method"] for s in doc["budget_steps"] if s["met"]}
+        assert doc["budget_met"] and doc["method"] in met and len(met) == 2, doc["budget_steps"]
+        assert any(n.startswith("budget met by 2 configurations; kept the fastest (" + doc["method"])
+                   for n in doc["notes"]), doc["notes"]
     else:  # the budget is met, by the fewest layers left in float, and the final metric is reported
         assert doc["budget_met"] and doc["budget"] == flags[1]
         assert acc["max_abs"] <= 0.05 if check == "maxabs" else acc["cosine"] >= 0.99999
