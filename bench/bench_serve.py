@@ -44,6 +44,7 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 CLS_OUT = "save_infer_model/scale_0.tmp_1"
+NCNN_MARKER = "<!-- bench_ncnn_threads.py -->"  # where bench_ncnn_threads.py's section of --out starts
 
 
 # ---------------------------------------------------------------- load generators (each in its own process)
@@ -661,8 +662,11 @@ def write(out: str, rows, mach, seconds: float, rounds: int, generator: str) -> 
               "\"mean batch\" is the server's own `nv_inference_count / nv_inference_exec_count` over that variant's "
               "runs, read from `/metrics`."]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    # bench_ncnn_threads.py's section (from its marker on) stays
+    kept = Path(out).read_text().partition(NCNN_MARKER) if Path(out).exists() else ("", "", "")
+    tail = ["", kept[1] + kept[2].rstrip("\n")] if kept[1] else []
     tmp = Path(out).with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text("\n".join(lines + tail) + "\n")
     os.replace(tmp, out)
     print("\n".join(lines))
 

@@ -6,6 +6,14 @@ batch is run item by item, and each output gets its batch dim back. Inputs and o
 so results are comparable with ONNX Runtime's FP32. pnnx fixes the dims it saw at one value (see
 :func:`bushu.convert.ncnn.two_shapes`); the session's input specs show them as static and a feed that differs
 there is refused rather than answered with wrong numbers.
+
+Threads: the PyPI wheel runs ncnn's layers on GNU OpenMP (a ``libgomp`` bundled in ``ncnn.libs``), whose idle threads
+spin (``GOMP_SPINCOUNT`` 300,000, ~20 ms here) before they sleep. ncnn's ``Option.openmp_blocktime`` does not reach
+it (ncnn applies it with ``kmp_set_blocktime``, which only LLVM's OpenMP has), so it is left alone. Measured on 2
+cores (docs/dev/serve-bench.md, bench/bench_ncnn_threads.py): alone, the default is the fastest; with another process
+busy on a core, a run can wait tens of ms for a descheduled thread. ``OMP_WAIT_POLICY=PASSIVE`` in the environment
+before ncnn is first imported (libgomp reads it as it loads) cuts those tails but makes every run 2–3.5× slower
+alone, so it is not the default; under contention, ``threads=1`` (``--threads 1``) is the other choice.
 """
 
 from __future__ import annotations
