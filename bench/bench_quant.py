@@ -7,8 +7,10 @@ In one run, on the same ONNX files and the same calibration feeds:
   needs, and on 12 feeds for the PP-OCR models: it keeps every activation in memory);
 * ``ort-u8s8rr-minmax`` / ``ort-u8s8rr-entropy``: its best setting on x86 CPUs (uint8 activations, ``reduce_range``);
 * ``nncf``: ``nncf.quantize`` at its defaults (``model_type=TRANSFORMER`` for MiniLM);
-* ``bushu-ort`` / ``bushu-openvino``: ``bushu.quantize`` with its defaults for each engine preset; ``bushu-budget``
-  with the issue's budget where there is one; ``bushu-dynamic`` for MiniLM.
+* ``bushu-ort`` / ``bushu-openvino``: ``bushu.quantize`` with its defaults for each engine (on OpenVINO it builds
+  each preset's Q/DQ placement and keeps the fastest there of those OpenVINO computes right); ``bushu-ov-pinned``:
+  the OpenVINO preset's placement pinned (the default before); ``bushu-budget`` with the issue's budget where there
+  is one; ``bushu-dynamic`` for MiniLM.
 
 Every model is scored on ONNX Runtime and on OpenVINO (the same file), and timed on both with
 ``bushu.timing.measure`` (one session at a time). Models and metrics:
@@ -283,6 +285,8 @@ def methods(task: Task) -> dict[str, Callable[[Path], Path]]:
         "nncf": lambda o: nncf_quantize(task, o),
         "bushu-ort": lambda o: bushu_quantize(task, o, engine="ort"),
         "bushu-openvino": lambda o: bushu_quantize(task, o, engine="openvino"),
+        # the OpenVINO preset's own placement, pinned: session 4's default, before the placement chosen by speed
+        "bushu-ov-pinned": lambda o: bushu_quantize(task, o, engine="openvino", placement="openvino"),
     }
     if task.budget:
         m["bushu-budget"] = lambda o: bushu_quantize(task, o, engine="ort", budget=task.budget, eval_fn=task.eval_fn)
@@ -483,6 +487,10 @@ def markdown(results: dict, command: str) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", *speed_verdicts(rows, primary)]
         for r in rows:
+            for text in r.get("notes", []):
+                if text.startswith(("placement chosen by speed", "the ort placement is rejected",
+                                    "the openvino placement is rejected")):
+                    lines.append(f"- {r['config']}: {text}")
             for text in r.get("rejected", []):
                 lines.append(f"- {r['config']}: rejected placement: {text}")
             chk = r.get("openvino", {}).get("check")
