@@ -20,7 +20,7 @@ from .annotate import Plan, WeightSpec, weight_axis
 from .convert import Builder, convert
 from .spec import EnginePreset
 
-INT4_MIN, INT4_MAX = -7, 7  # symmetric: -8 unused so that 0 sits in the middle
+INT4_MIN, INT4_MAX = -8, 7  # symmetric (zero point 0); -8 is used when the scale search finds it pays
 
 
 def weight_plan(model: ir.Model, *, ops=("MatMul", "Gemm"), include=(), exclude=()) -> Plan:
@@ -42,6 +42,28 @@ def weight_plan(model: ir.Model, *, ops=("MatMul", "Gemm"), include=(), exclude=
 def int8(model: ir.Model, preset: EnginePreset, **kw) -> tuple[ir.Model, Plan]:
     p = weight_plan(model, **kw)
     return convert(model, p, {}, preset), p
+
+
+# max|w| maps to ±7 · r, or (r / 7 · 8) to -8 when the block's extreme is negative
+CLIP_RATIOS = np.concatenate([np.linspace(1.0, 0.5, 11), np.linspace(1.0, 0.5, 11) * 7 / 8])
+
+
+def block_scales(blocks: np.ndarray) -> np.ndarray:
+    """Per block and column (``blocks``: blocks × rows × columns), the int4 scale with the least squared error on
+    the block's weights among ``max|w| · r / 7`` for the ratios ``r`` in :data:`CLIP_RATIOS` (r = 1: min-max over
+    -7…7; r = 7/8: a negative extreme on -8). Clipping a block's largest weight buys a finer grid for the rest."""
+    amax = np.abs(blocks).max(axis=1)
+    amax = np.where(amax > 0, amax, 1.0).astype(np.float32)
+    best, best_err = None, None
+    for r in CLIP_RATIOS:
+        s = amax * np.float32(r / INT4_MAX)
+        err = ((np.clip(np.rint(blocks / s[:, None, :]), INT4_MIN, INT4_MAX) * s[:, None, :] - blocks) ** 2).sum(axis=1)
+        if best is None:
+            best, best_err = s, err
+        else:
+            better = err < best_err
+            best, best_err = np.where(better, s, best), np.where(better, err, best_err)
+    return best.astype(np.float32)
 
 
 def whole_block(k: int, block_size: int) -> int | None:
@@ -72,8 +94,7 @@ def int4(model: ir.Model, block_size: int = 32, *, whole_blocks: bool = False, *
         pad = (-k) % bs
         wp = np.pad(w, ((0, pad), (0, 0)))
         blocks = wp.reshape(-1, bs, n)
-        scale = np.abs(blocks).max(axis=1) / INT4_MAX  # (K/bs) x N
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        scale = block_scales(blocks)
         q = np.clip(np.rint(blocks / scale[:, None, :]), INT4_MIN, INT4_MAX).reshape(-1, n)[:k]
         # DequantizeLinear's blocked scale has the data's shape with the blocked axis divided (rounded up)
         qv = b.const(f"{ws.weight}_int4", q.astype(ml_dtypes.int4))
