@@ -31,10 +31,10 @@ def work(digits_onnx, tmp_path_factory):
     return d, model
 
 
-def _json(capsys, argv: list[str], code: int = 0) -> dict:
+def _json(capsys, argv: list[str], code: int | tuple[int, ...] = 0) -> dict:
     rc = main(argv)
     out, err = capsys.readouterr()
-    assert rc == code, (argv, err[-2000:])
+    assert rc in (code if isinstance(code, tuple) else (code,)), (argv, err[-2000:])
     doc = json.loads(out)  # one document, nothing else on stdout
     assert isinstance(doc, dict) and doc.get("kind"), doc
     return doc
@@ -59,7 +59,8 @@ def test_every_command_chains_with_json_and_reports(work, digits_onnx, capsys):
                        "--json"]),
         _json(capsys, ["reduce", str(m), str(q), "-o", str(d / "reduced.onnx"), "--input", str(feeds / "00.npz"),
                        "--json"]),
-        _json(capsys, ["profile", str(m), "--budget", "0.1", "--json", "--report", str(d / "profile.html")]),
+        # its verdict (kernels account for the run within 10%) depends on the load on a 0.03 ms model: 0 or 1
+        _json(capsys, ["profile", str(m), "--budget", "0.1", "--json", "--report", str(d / "profile.html")], (0, 1)),
         _json(capsys, ["bench", str(m), "--engines", "ort,openvino", "--in-process", "--warmup", "0.02", "--budget",
                        "0.05", "--json", "--report", str(d / "bench.html")]),
         _json(capsys, ["convert", str(m), "--to", "openvino", "-o", str(d / "ov"), "--json"]),
