@@ -55,6 +55,23 @@ def test_speed_is_reported_with_a_reason_when_slower(digits_int8):
     assert "latency" in digits_int8.render()
 
 
+def test_quantized_file_declares_only_the_domains_it_uses(digits_int8):
+    """ONNX Runtime's basic optimizations serialize every domain it knows; the quantized file keeps only its own."""
+    used = {n.domain for n in digits_int8.model.graph} | {""}
+    assert set(digits_int8.model.opset_imports) <= used
+
+
+def test_config_may_be_a_mapping_of_its_fields(digits_onnx, digits):
+    x_tr, _, x_te, _ = digits
+    r = quantize(digits_onnx, digits_calib(x_tr, n=2), {"method": "minmax", "progress": False, "measure_speed": False},
+                 heldout=[{"input": x_te[:64]}])
+    assert r and r.method == "minmax"
+    from bushu.errors import BushuError
+
+    with pytest.raises(BushuError, match="unknown quantization setting.*methd"):
+        quantize(digits_onnx, digits_calib(x_tr, n=2), {"methd": "minmax"})
+
+
 def test_budget_top1_drop_is_met(digits_onnx, digits):
     x_tr, y_tr, x_te, y_te = digits
     r = quantize(digits_onnx, digits_calib(x_tr), QuantConfig(progress=False, budget="top1-drop<=0.5",

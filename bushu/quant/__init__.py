@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import onnx_ir as ir
@@ -33,7 +33,7 @@ from .spec import PRESETS, QuantConfig
 __all__ = ["quantize", "QuantConfig", "QuantizeResult", "ImagePreprocess", "PRESETS"]
 
 
-def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config: QuantConfig | None = None, *,
+def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config: QuantConfig | Mapping | None = None, *,
              heldout=None, preprocess: ImagePreprocess | None = None, output: str | os.PathLike | None = None,
              force: bool = False, **overrides) -> QuantizeResult:
     """Quantize ``model`` (an ``ir.Model`` or a path; never modified) and return a :class:`QuantizeResult` whose
@@ -48,7 +48,7 @@ def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config:
     if output is not None and src is not None and Path(output).resolve() == src and not force:
         # checked before the work: the quantized model no longer remembers the file it came from
         raise BushuError(f"refusing to overwrite the input {output}: choose another -o path or pass --force")
-    config = config or QuantConfig()
+    config = _config(config)
     if overrides:
         config = config.replace(**overrides)
     m = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
@@ -77,3 +77,17 @@ def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config:
     if output is not None:
         result = dataclasses.replace(result, saved_to=str(bir.save(result.model, output, force=True)))
     return result
+
+
+def _config(config) -> QuantConfig:
+    """``config`` as a :class:`QuantConfig`: None is the defaults, a mapping (read from YAML/JSON) its fields."""
+    if config is None or isinstance(config, QuantConfig):
+        return config or QuantConfig()
+    if isinstance(config, Mapping):
+        fields = {f.name for f in dataclasses.fields(QuantConfig)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise BushuError(f"unknown quantization setting(s) {', '.join(map(str, unknown))}: use fields of "
+                             f"QuantConfig ({', '.join(sorted(fields))})")
+        return QuantConfig(**config)
+    raise BushuError(f"config must be a QuantConfig or a mapping of its fields, not {type(config).__name__}")

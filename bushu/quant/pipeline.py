@@ -20,7 +20,7 @@ from .result import QuantizeResult
 from .spec import PRESETS, QuantConfig, preset
 from .speed import measure_speed, speed_of, time_interleaved
 from .static import Session
-from .verify import REFERENCE, engine_check
+from .verify import REFERENCE, EngineCheck, engine_check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +123,14 @@ def _median_ms(model: ir.Model, engine: str, feed: Feed) -> float:
     return measure(lambda: sess.run(feed), warmup_s=0.2, budget_s=0.5).median_ms
 
 
+def _wrong(c: EngineCheck) -> str:
+    """Why a placement's file was not kept, in a few words."""
+    if c.error:
+        return f"{c.engine} {c.version} cannot run the {c.placement} placement's file ({c.error})"
+    return (f"{c.engine} {c.version} computes the {c.placement} placement's file wrong (output SNR "
+            f"{c.target.snr_db:.1f} dB there, {c.reference.snr_db:.1f} dB on {REFERENCE})")
+
+
 def _right(r: QuantizeResult) -> bool:
     return r.engine_check is None or bool(r.engine_check)
 
@@ -153,8 +161,7 @@ def place(config: QuantConfig, build: Callable[[QuantConfig], Built], *, reitera
         r = built[0].result
         return dataclasses.replace(r, rejected=rejected[1:], notes=r.notes + tuple(
             f"the {c.placement} placement is computed wrong too: {c}" for c in rejected[1:]))
-    notes = [f"the {c.placement} placement is rejected: {c.engine} {c.version} computes its file wrong (output SNR "
-             f"{c.target.snr_db:.1f} dB there, {c.reference.snr_db:.1f} dB on {REFERENCE})" for c in rejected]
+    notes = [f"the {c.placement} placement is rejected: {_wrong(c)}" for c in rejected]
     kept, speed = right[0], None
     if len(right) > 1 or config.measure_speed:
         fp32, *lats = time_interleaved([built[0].float_model, *(b.result.model for b in right)], built[0].feed,
@@ -190,9 +197,7 @@ def fall_back(result: QuantizeResult, config: QuantConfig, retry: Callable[[Quan
     for other in others:
         r = retry(config.replace(placement=other))
         if r.engine_check is None or r.engine_check:
-            note = (f"fell back to the {other} placement: {check.engine} {check.version} computes the "
-                    f"{result.placement} placement's file wrong (output SNR {check.target.snr_db:.1f} dB there, "
-                    f"{check.reference.snr_db:.1f} dB on ort)")
+            note = f"fell back to the {other} placement: {_wrong(check)}"
             return dataclasses.replace(r, rejected=tuple(rejected) + r.rejected, notes=(note, *r.notes))
         rejected.append(r.engine_check)
     return dataclasses.replace(result, rejected=tuple(rejected[1:]), notes=result.notes + tuple(

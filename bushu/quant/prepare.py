@@ -23,7 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass, TopologicalSortPass
+from onnx_ir.passes.common import (
+    LiftConstantsToInitializersPass,
+    NameFixPass,
+    RemoveUnusedOpsetsPass,
+    TopologicalSortPass,
+)
 
 from .. import ir as bir
 from ..errors import BushuError
@@ -216,4 +221,7 @@ def prepare(model: ir.Model, *, optimize: bool = True, hardswish: bool = False,
     if hardswish and (n := fuse_hardswish(model)):
         notes.append(f"{n} x·HardSigmoid(x) → HardSwish (the engine fuses Conv+HardSwish)")
     NameFixPass()(model)
+    # ONNX Runtime's serialization declares every domain it knows (com.microsoft.nchwc, ai.onnx.training, …): the
+    # quantized files would inherit them
+    RemoveUnusedOpsetsPass()(model)
     return model, notes

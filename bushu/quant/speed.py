@@ -108,7 +108,7 @@ def ov_exec_graph(model: ir.Model) -> tuple[int, dict[str, int], int, int]:
         info = op.get_rt_info()
         kind, prec = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
         if kind in _OV_WEIGHTED:
-            if prec in ("u8", "i8"):
+            if prec in ("u8", "i8", "u4", "i4"):  # i4/u4: int4-weight FullyConnected
                 integer += 1
             else:
                 fp32[f"{kind} ({prec})"] += 1
