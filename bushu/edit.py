@@ -222,45 +222,55 @@ def edit(
     verify: bool = True,
     tol: Tolerance = DEFAULT_TOL,
     force: bool = False,
+    feeds=None,
     **synth,
 ) -> tuple[ir.Model, EditResult]:
     """Apply the edits given (in the order dims, bound inputs, opset, extraction, renaming) to a copy of ``model`` that shares
-    its weights; verify each one that keeps semantics; save to ``output`` when given."""
+    its weights; verify each one that keeps semantics; save to ``output`` when given.
+
+    Verification runs on ``feeds`` (a .npy/.npz path or a folder of them, one feed, or a list of feeds) when given,
+    else on feeds synthesized with ``synth``; scalar values being bound are fed at those values in every check
+    (``--bind sr=16000``: the static-shape check runs the 16 kHz branch too)."""
     src = bir.load(model) if isinstance(model, (str, os.PathLike)) else model
+    bound_scalars = {k: v for k, v in (bind_inputs or {}).items() if np.ndim(v) == 0}
+    if bound_scalars:
+        synth = {**synth, "values": {**bound_scalars, **(synth.get("values") or {})}}
     source = bir.source_path(src)
     if output is not None and source is not None and os.path.realpath(output) == str(source) and not force:
         raise BushuError(f"refusing to overwrite the input {output}: choose another output path or pass --force")
     work = src.clone()
     done, checks, failed = [], [], None
+    if feeds is not None:  # read once, checked against the original's signature
+        feeds = make_feeds(src, feeds)
     if shapes:
         done += set_dims(work, shapes)
         if verify:
-            feeds = make_feeds(work, samples=2, **synth)
-            failed = _check_same(src, work, feeds, tol, "static shapes")
+            failed = _check_same(src, work, make_feeds(work, feeds, samples=2, **synth), tol, "static shapes")
             checks.append("fixed dims: outputs unchanged on feeds of the new shape")
     if bind_inputs and failed is None:
         before = work.clone()
         before.meta.update(src.meta)  # the zoo's feed shapes for a zoo model (a clone has no meta)
         done += bind(work, bind_inputs)
         if verify:
-            feeds = make_feeds(before, samples=2, **synth)
-            for f in feeds:  # the bound inputs fed the values they were bound to
+            bound = make_feeds(before, feeds, samples=2, **synth)
+            for f in bound:  # the bound inputs fed the values they were bound to
                 f.update({k: np.asarray(v.const_value.numpy()) for k, v in work.graph.initializers.items()
                           if k in bind_inputs})
-            failed = _check_same(before, work, feeds, tol, "bound inputs")
+            failed = _check_same(before, work, bound, tol, "bound inputs")
             checks.append("bound inputs: outputs equal the model's fed those values")
     if opset is not None and failed is None:
         converted = bir.convert_opset(work, opset)
         done.append(f"opset {work.opset_imports.get('', 1)} -> {opset}")
         if verify:
-            failed = _check_same(work, converted, make_feeds(work, samples=2, **synth), tol, f"opset {opset}")
+            failed = _check_same(work, converted, make_feeds(work, _unbound(feeds, bind_inputs), samples=2, **synth),
+                                 tol, f"opset {opset}")
             checks.append(f"opset {opset}: outputs unchanged")
         work = converted
     if (inputs or outputs) and failed is None:
         full = work.clone()
         done += extract(work, list(inputs or []), list(outputs or [o.name for o in full.graph.outputs]))
         if verify:
-            failed = _verify_extract(full, work, tol, **synth)
+            failed = _verify_extract(full, work, tol, _unbound(feeds, bind_inputs), **synth)
             checks.append("extracted: outputs equal the full model's tensors of the same name")
     if rename_io and failed is None:
         done += rename(work, rename_io)
@@ -272,14 +282,21 @@ def edit(
                             failed, checker)
 
 
-def _verify_extract(full: ir.Model, part: ir.Model, tol: Tolerance, **synth) -> str | None:
+def _unbound(feeds: list | None, bound: Mapping[str, object] | None) -> list | None:
+    """The user's feeds without the inputs that were bound (they are constants of the edited model now)."""
+    if feeds is None or not bound:
+        return feeds
+    return [{k: v for k, v in f.items() if k not in bound} for f in feeds]
+
+
+def _verify_extract(full: ir.Model, part: ir.Model, tol: Tolerance, feeds=None, **synth) -> str | None:
     """Run the full model with the cut tensors exposed, feed the part with them, compare its outputs."""
     probe = full.clone()
     names = {v.name for v in part.graph.inputs} | {v.name for v in part.graph.outputs}
     by_name = {o.name: o for n in probe.graph for o in n.outputs}
     present = {v.name for v in probe.graph.outputs}
     probe.graph.outputs.extend(by_name[n] for n in sorted(names) if n in by_name and n not in present)
-    feeds = make_feeds(full, samples=1, **synth)
+    feeds = make_feeds(full, feeds, samples=1, **synth)[:1]
     (ref,) = run_ort(probe, feeds)
     specs, _ = engines.model_specs(part)
     feed = {s.name: np.asarray(ref[s.name] if s.name in ref else feeds[0][s.name]) for s in specs}

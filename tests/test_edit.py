@@ -108,3 +108,22 @@ def test_bad_bind(silero_vad, tmp_path, cli):
         bushu.edit(silero_vad, tmp_path / "x.onnx", bind_inputs={"sr": 1.5})
     r = cli("edit", silero_vad, "-o", tmp_path / "x.onnx", "--bind", "sr=fast")
     assert r.returncode == 2 and "NAME=NUMBER" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_edit_verifies_on_the_users_feeds_and_the_bound_values(silero_vad, tmp_path, capsys):
+    """A silero file outside the zoo (no recorded inputs): `edit --bind sr=16000 --input feed.npz` verifies on the
+    user's feed (--input was ignored, so the synthesized 1x64 window failed in ORT), and with --shape the static
+    check runs at the bound sr (it ran a random sr, the 8 kHz branch, and failed)."""
+    from bushu.cli.main import main
+
+    copy = tmp_path / "silero_vad.onnx"
+    copy.write_bytes(silero_vad.read_bytes())
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "feed.npz", input=(0.1 * rng.standard_normal((1, 576))).astype(np.float32),
+             state=np.zeros((2, 1, 128), np.float32), sr=np.array(16000, np.int64))
+    assert main(["edit", str(copy), "-o", str(tmp_path / "a.onnx"), "--bind", "sr=16000",
+                 "--input", str(tmp_path / "feed.npz"), "-q"]) == 0, capsys.readouterr().err
+    assert main(["edit", str(copy), "-o", str(tmp_path / "b.onnx"), "--bind", "sr=16000", "--shape", "input:1x576",
+                 "--shape", "state:2x1x128", "-q"]) == 0, capsys.readouterr().err
+    assert "verified: bound inputs" in capsys.readouterr().out
+    assert "sr" not in [v.name for v in bushu.load(tmp_path / "b.onnx").graph.inputs]

@@ -75,6 +75,6 @@ def run(args):
     split = lambda s: [x for x in (s or "").split(",") if x]
     _, result = edit(args.model, args.output, shapes=shapes, bind_inputs=_bind_values(args.bind), opset=args.opset, inputs=split(args.inputs),
                      outputs=split(args.outputs), rename_io=_pairs(args.rename, "--rename"),
-                     verify=not args.no_verify, force=args.force,
+                     verify=not args.no_verify, force=args.force, feeds=args.input,
                      values=parse_value_args(args.value), ranges=parse_range_args(args.ranges), seed=args.seed)
     return result
