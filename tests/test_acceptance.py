@@ -229,3 +229,19 @@ def test_identity_permutation_and_same_shape_flatten_are_removed():
       y = Relu (f)
     }""", "shape-inference", "eliminate-no-ops", "eliminate-no-op-shapes", "dead-code")
     assert ops(after) == ["Relu"] and after.graph.node(0).inputs[0] is after.graph.inputs[0]
+
+
+def test_levels_basic_extended_all_as_listed(torch_zoo, tmp_path, capsys):
+    """--level: basic is clean-up only (the legacy digits export keeps its 3 BatchNormalization), extended also folds
+    into weights and fuses, all adds a second clean-up after the fusions — the order `optimize --list` prints."""
+    from bushu.passes.pipeline import LEVELS
+
+    src = torch_zoo("digits-cnn", legacy=True)
+    docs = {level: _json(capsys, ["optimize", str(src), "-o", str(tmp_path / f"{level}.onnx"), "--level", level,
+                                  "--verify", "end", "--no-latency", "--json", "-q"])
+            for level in ("basic", "extended", "all")}
+    assert docs["basic"]["nodes_after"]["BatchNormalization"] == 3
+    assert "BatchNormalization" not in docs["extended"]["nodes_after"] and docs["extended"]["fired"]["fold-batchnorm"]
+    for level, doc in docs.items():
+        ran = [s["name"] for s in doc["steps"]]
+        assert doc["level"] == level and set(ran) == set(LEVELS[level]), ran  # each pass of the level, no other
