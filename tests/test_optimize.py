@@ -217,7 +217,7 @@ def test_output_check_without_its_weights_still_sees_their_types_and_shapes():
     """The output's checker run leaves the large weights out (to_chunks wrote them from their arrays; they are
     declared as inputs of their type and shape): a valid model passes, and a weight whose shape doesn't fit its
     MatMul still fails the full check."""
-    from bushu.passes import STRIP_BYTES, _check_written
+    from bushu.passes.verify import STRIP_BYTES, check_written
 
     def model(rows):
         w = onnx.numpy_helper.from_array(np.ones((rows, 64), np.float32), "w")
@@ -230,8 +230,8 @@ def test_output_check_without_its_weights_still_sees_their_types_and_shapes():
 
     (_, good, good_w), (_, bad, bad_w) = (bir.to_chunks(model(n), STRIP_BYTES) for n in (64, 32))
     assert not good.graph.initializer and good_w == {"w": (onnx.TensorProto.FLOAT, [64, 64])}
-    assert _check_written(good, good_w) is None
-    assert "Incompatible dimensions" in (_check_written(bad, bad_w) or ""), _check_written(bad, bad_w)
+    assert check_written(good, good_w) is None
+    assert "Incompatible dimensions" in (check_written(bad, bad_w) or ""), check_written(bad, bad_w)
 
 
 def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passes(monkeypatch, ppocr_cls):

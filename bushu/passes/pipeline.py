@@ -1,14 +1,24 @@
-"""Pipelines: plain ordered lists of pass names, and the names a user's ``--level/--passes/--skip`` select.
+"""Pipelines: plain ordered lists of pass names, the names a user's ``--level/--passes/--skip`` select, and running
+them to a fixed point (:func:`sweep`), each pass verified or rolled back (:func:`run_step`).
 
 A name may appear more than once: a clean-up after the folds and fusions removes what they left behind.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
+import onnx_ir as ir
+
 from ..errors import BushuError
+from ..progress import progress
 from . import registry
+from .registry import PassContext
+from .result import Step
+from .verify import Verifier, first_divergent_node
+
+MAX_ROUNDS = 6  # silero VAD with sr bound: nested Ifs inline one level per round (fold, then inline)
 
 CLEANUP = [
     "shape-inference",
@@ -86,3 +96,56 @@ def select(level: str = "extended", passes: str | Sequence[str] | None = None,
     for name in [*chosen, *skipped]:
         registry.get(name)
     return [n for n in chosen if n not in skipped]
+
+
+def run_step(name: str, work: ir.Model, ctx: PassContext, verifier: Verifier | None, feeds) -> tuple[ir.Model, Step]:
+    """Run one pass: in place without a ``verifier``; else on a copy sharing the weights, kept only when its
+    outputs match the original's (rolled back, with the first divergent node, when not; a crash is rolled back too)."""
+    info = registry.get(name)
+    t0 = time.perf_counter()
+    if verifier is None:
+        count = info.run(work, ctx)
+        return work, Step(name, count, time.perf_counter() - t0, "kept" if count else "unchanged")
+    candidate = work.clone()
+    try:
+        count = info.run(candidate, ctx)
+    except Exception as e:  # a pass bug must not lose the user's model: roll it back and say so
+        return work, Step(name, 0, time.perf_counter() - t0, "crashed", f"{type(e).__name__}: {e}")
+    if not count:
+        return work, Step(name, 0, time.perf_counter() - t0, "unchanged")
+    failure = verifier.check(candidate)
+    if failure is None:
+        return candidate, Step(name, count, time.perf_counter() - t0, "kept")
+    where = first_divergent_node(work, candidate, feeds[0], verifier.tol) if failure.output else None
+    return work, Step(name, count, time.perf_counter() - t0, "rolled back", failure.reason, where)
+
+
+def sweep(names: list[str], work: ir.Model, ctx: PassContext, verifier: Verifier | None, feeds,
+          show_progress: bool, on_change=None) -> tuple[ir.Model, list[Step]]:
+    """Run the pipeline to a fixed point: rounds over ``names`` until one keeps nothing (so optimizing the output
+    again is a no-op), at most ``MAX_ROUNDS``. A pass is skipped when it changed nothing at its last run and no
+    pass has changed the model since: it would change nothing again (passes are functions of the model). A pass
+    rolled back once is not retried: it is named once in the report. ``on_change()`` is called at the first kept
+    step."""
+    steps: list[Step] = []
+    generation = 0  # how many kept steps so far
+    clean: dict[str, int] = {}  # pass name -> the generation at which it last ran and changed nothing
+    for round_ in range(MAX_ROUNDS):
+        failed = {s.name for s in steps if s.status in ("rolled back", "crashed")}
+        todo = [n for n in names if n not in failed]
+        kept = 0
+        for pass_name in progress(todo, total=len(todo), desc=f"optimize round {round_ + 1}", enabled=show_progress):
+            if clean.get(pass_name) == generation:
+                continue
+            work, step = run_step(pass_name, work, ctx, verifier, feeds)
+            steps.append(step)
+            if step.status == "kept":
+                if not generation and on_change is not None:
+                    on_change()
+                generation += 1
+                kept += 1
+            elif step.status == "unchanged":
+                clean[pass_name] = generation
+        if not kept:
+            break
+    return work, steps
