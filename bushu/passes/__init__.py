@@ -187,10 +187,21 @@ def _verify_mode(src: ir.Model, verify: str | None) -> str:
     return verify
 
 
+# Above this many bytes of large main-graph initializers the input is checked in memory without them; below, the
+# checker reads the file (measured: 10 MB in initializers, file 7.5 ms vs memory 17 ms, the graph's serialization
+# in Python dominating; 47 MB, 103 vs 56 ms; 90 MB, 169 vs 104 ms; weights in Constant nodes, as PP-OCR's, gain
+# nothing in memory).
+CHECK_IN_MEMORY_BYTES = 24 << 20
+
+
 def _check_input(src: ir.Model, original: ir.Model | str, name: str, allow_invalid: bool) -> str | None:
-    """The checker's complaint about the input (None when it passes); an error unless ``allow_invalid``. The loaded
-    model rather than its file: the same content, checked without parsing the weights again."""
-    invalid = check_model(src if bir.fits_one_proto(src) else original)
+    """The checker's complaint about the input (None when it passes); an error unless ``allow_invalid``. A model
+    with large weights in its initializers is checked in memory, without parsing them again; others from their
+    file when they came from one."""
+    strippable = sum(v.const_value.nbytes for v in src.graph.initializers.values()
+                     if v.const_value is not None and v.const_value.nbytes > STRIP_BYTES)
+    from_file = isinstance(original, str) and (strippable < CHECK_IN_MEMORY_BYTES or not bir.fits_one_proto(src))
+    invalid = check_model(original if from_file else src)
     if invalid and not allow_invalid:
         raise BushuError(f"{name} fails onnx.checker ({invalid}): fix the model, or pass --allow-invalid to "
                          "optimize it anyway")
