@@ -121,7 +121,9 @@ def anchors(path: Path, tmp: Path, modes: tuple[str, ...]) -> dict[str, Callable
         out["ort-dynamic"] = ort_dynamic
     if "int4" in modes:
         def ort_int4():
-            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+            from onnxruntime.quantization.matmul_nbits_quantizer import (
+                MatMulNBitsQuantizer,
+            )
 
             q = MatMulNBitsQuantizer(onnx.load(str(path)), bits=4, block_size=32, is_symmetric=True)
             q.process()

@@ -83,7 +83,6 @@ def add_arguments(p):
 
 
 def _preprocess(args):
-    from ..errors import BushuError
     from ..quant import ImagePreprocess
 
     if args.preprocess:

@@ -31,7 +31,7 @@ FP16_MAX = 65504.0
 FP16_TINY = 2.0**-24  # the smallest float16 subnormal
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _slots(op_type: str, opset: int) -> tuple[tuple[tuple[str, bool], ...], tuple[tuple[str, bool], ...]] | None:
     """Per formal input and output of the op's schema: (type constraint name, whether it allows float16)."""
     from onnx import defs

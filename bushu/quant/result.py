@@ -89,9 +89,9 @@ class QuantizeResult(Result):
             out += ["", "left in float:", fmt_table(rows, ["layer", "why"])] + ([f"… and {more} more"] if more else [])
         if self.speed is not None:
             sp = self.speed
-            out += ["", f"latency      fp32 {sp.fp32.median_ms:.3f} ms (p90 {sp.fp32.p90_ms:.3f}), quantized "
+            out += ["", (f"latency      fp32 {sp.fp32.median_ms:.3f} ms (p90 {sp.fp32.p90_ms:.3f}), quantized "
                         f"{sp.quantized.median_ms:.3f} ms (p90 {sp.quantized.p90_ms:.3f}) on {sp.engine}: "
-                        f"{sp.speedup:.2f}×"]
+                        f"{sp.speedup:.2f}×")]
             out += [f"why slower   {r}" for r in sp.reasons]
         if self.diagnosis is not None:
             out += ["", self.diagnosis.render()]
