@@ -127,6 +127,8 @@ def test_fp16_converter_follows_the_schemas_and_the_fp16_range():
     assert nodes["Shape"].inputs[0].dtype == ir.DataType.FLOAT16  # no Cast for a shape
     assert [(v.name, v.dtype) for v in q.graph.outputs] == [("y", ir.DataType.FLOAT), ("z", ir.DataType.FLOAT),
                                                             ("s", ir.DataType.INT64)]
+    kept = fp16(m, exclude=("Mul",))  # the user's --exclude extends the block list
+    assert {n.op_type: n for n in kept.graph}["Mul"].outputs[0].dtype == ir.DataType.FLOAT
     x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
     a = accuracy(run_all(m, [{"x": x}]), run_all(q, [{"x": x}]))
     assert a.snr_db > 50

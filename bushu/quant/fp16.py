@@ -79,8 +79,10 @@ def _out_of_range(a: np.ndarray) -> bool:
     return a.size <= 16 and bool(((a > 0) & (a < FP16_TINY)).any())
 
 
-def fp16(model: ir.Model, *, block_list=BLOCK_LIST) -> ir.Model:
-    """A float16 copy of ``model`` (the given one is left as it is) with float32 inputs and outputs."""
+def fp16(model: ir.Model, *, block_list=BLOCK_LIST, include=(), exclude=()) -> ir.Model:
+    """A float16 copy of ``model`` (the given one is left as it is) with float32 inputs and outputs. ``include`` /
+    ``exclude`` (node names or op types, as for static INT8): only the included nodes convert; excluded ones stay
+    float32 like the block list's."""
     m = ir.from_proto(ir.to_proto(model))
     m.meta.update({k: v for k, v in model.meta.items() if k != "bushu.path"})
     ShapeInferencePass(strict_mode=False)(m)  # every value's dtype, to know which are float32
@@ -91,6 +93,9 @@ def fp16(model: ir.Model, *, block_list=BLOCK_LIST) -> ir.Model:
     def plan(node: ir.Node):
         """(converted input indices, converted output indices) when the node converts, else None."""
         if node.domain not in ("", "ai.onnx") or node.op_type in blocked or node.op_type in _ATTRIBUTE_TYPED:
+            return None
+        if (exclude and (node.name in exclude or node.op_type in exclude)) or (
+                include and node.name not in include and node.op_type not in include):
             return None
         if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
             return None

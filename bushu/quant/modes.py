@@ -75,7 +75,10 @@ def _build(model: ir.Model, config: QuantConfig, placement: str):
     if config.mode == "fp16":
         note = (f"fp16 with float32 inputs/outputs; ops kept in float32: {', '.join(sorted(_ops_in(model)))}"
                 if _ops_in(model) else "fp16 with float32 inputs/outputs")
-        return model, fp16(model), 0, {}, [note]
+        if config.exclude or config.include:
+            note += "; " + "; ".join(f"{k} {', '.join(v)}" for k, v in (("kept in float32:", config.exclude),
+                                                                        ("converted only:", config.include)) if v)
+        return model, fp16(model, **kw), 0, {}, [note]
     # Q/K/V projections merged for ONNX Runtime's dynamic path: one DynamicQuantizeMatMul each instead of a shared
     # DynamicQuantizeLinear and three MatMulIntegerToFloat (all-MiniLM-L6-v2: 42 → 24 kernels, same outputs)
     base, notes = prepare(model, merge_matmuls=config.mode == "dynamic" and placement == "ort")
