@@ -120,7 +120,8 @@ def engine_check(float_model: ir.Model, quantized: ir.Model, feeds: Sequence[Map
 
 def _cut_points(quantized: ir.Model, float_names: set[str]) -> list[tuple[str, str, ir.Node]]:
     """(tensor in ``quantized``, the same tensor in the float model, the layer that computed it), in graph order:
-    each dequantized activation ``DQ(Q(x))`` whose ``x`` the float model has, then the graph outputs."""
+    each dequantized activation ``DQ(Q(x))`` whose ``x`` the float model has — or, in a file without quantized
+    activations (the other modes), each tensor the float model has by name — then the graph outputs."""
     out = []
     for node in quantized.graph:
         if node.op_type != "DequantizeLinear" or node.inputs[0].producer() is None:
@@ -132,6 +133,9 @@ def _cut_points(quantized: ir.Model, float_names: set[str]) -> list[tuple[str, s
         layer = x.producer()
         if x.name in float_names and layer is not None:
             out.append((node.outputs[0].name, x.name, layer))
+    if not out:  # no quantized activations (weight-only, int4, dynamic, fp16): cut after every tensor both have
+        out = [(o.name, o.name, node) for node in quantized.graph if node.op_type != "Constant"
+               for o in node.outputs if o.name in float_names and not o.is_graph_output()]
     for v in quantized.graph.outputs:
         if v.name in float_names and v.producer() is not None:
             out.append((v.name, v.name, v.producer()))
