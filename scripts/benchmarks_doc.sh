@@ -18,11 +18,12 @@ ratios): read the ratios within one table, not absolute numbers across tables.
 | optimize vs onnxsim / onnxslim | `bench/bench_optimize.py` | [below](#optimize) |
 | optimize `--target ort`: each ONNX Runtime contrib fusion vs none | `bench/bench_ort_target.py` | [below](#ort-target) |
 | quantize vs ONNX Runtime's quantizer / NNCF | `bench/bench_quant.py` | [below](#quantize) |
+| quantize modes (dynamic, weight-only, int4, fp16) per engine | `bench/bench_quant_modes.py` | [below](#quantize-modes) |
 | bench / profile overhead, engines vs peak | `bench/bench_perf.py` | [below](#performance) |
 | serve vs in-process, LitServe, FastAPI | `bench/bench_serve.py` | [below](#serve) |
 
 HEAD
-  for part in optimize:optimize-bench ort-target:ort-target-bench quantize:quant-bench performance:perf-bench serve:serve-bench; do
+  for part in optimize:optimize-bench ort-target:ort-target-bench quantize:quant-bench quantize-modes:quant-modes performance:perf-bench serve:serve-bench; do
     anchor=${part%%:*}; file=docs/dev/${part#*:}.md
     [ -f "$file" ] || continue
     echo "<a id=\"$anchor\"></a>"
