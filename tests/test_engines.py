@@ -42,6 +42,20 @@ def test_openvino_session_keys_outputs_by_onnx_name_and_applies_options(ppocr_cl
     assert sess.compiled.get_property("INFERENCE_NUM_THREADS") == 1
 
 
+def test_openvino_takes_scalar_feeds_as_ort_returns_them(tmp_path):
+    """A 0-d int64 feed keeps its shape and a ``longlong`` one (what ONNX Runtime returns for a scalar output, e.g.
+    a symbolic size that reduce feeds to a subgraph) is taken as int64; both failed on OpenVINO before."""
+    a, b = ir.val("a", ir.DataType.INT64, ir.Shape([])), ir.val("b", ir.DataType.INT64, ir.Shape([2]))
+    y = ir.node("Add", [a, b])
+    y.outputs[0].name, y.outputs[0].dtype, y.outputs[0].shape = "y", ir.DataType.INT64, ir.Shape([2])
+    g = ir.Graph([a, b], y.outputs, nodes=[y], opset_imports={"": 17})
+    path = tmp_path / "scalar.onnx"
+    ir.save(ir.Model(g, ir_version=9), path)
+    sess = open_session(path, "openvino")
+    for scalar in (np.array(3), np.array(3, dtype=np.longlong)):
+        np.testing.assert_array_equal(sess.run({"a": scalar, "b": np.array([1, 2])})["y"], [4, 5])
+
+
 def test_openvino_bad_shape_name_is_one_line(ppocr_cls):
     with pytest.raises(BushuError, match="unknown input") as e:
         open_session(ppocr_cls, "openvino", shapes={"image": (1, 3, 48, 192)})

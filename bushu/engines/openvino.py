@@ -106,7 +106,7 @@ class OpenVinoSession:
             # cls (147 small layers, 2 threads) that made a run 1.2-4.7x slower under load and left a third of a
             # quiet run outside every layer counter (docs/dev/perf-bench.md). The stream thread runs it as
             # OpenVINO's benchmark_app does.
-            self.request.start_async({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+            self.request.start_async({k: _ov_array(v) for k, v in feeds.items()})
             self.request.wait()
         except Exception as e:
             raise BushuError(f"OpenVINO failed to run the model: {one_line(str(e))}") from None
@@ -116,6 +116,17 @@ class OpenVinoSession:
     def profiling_info(self) -> list:
         """OpenVINO's per-layer counters of the last run (needs ``EngineOptions(profile=True)``)."""
         return list(self.request.get_profiling_info())
+
+
+def _ov_array(value) -> np.ndarray:
+    """``value`` as OpenVINO takes it: C-contiguous, the shape kept (``np.ascontiguousarray`` makes a 0-d scalar
+    1-d), and the dtype in its canonical form (a 0-d int64 that ONNX Runtime returns can be ``longlong``, which
+    OpenVINO's dtype map doesn't know)."""
+    x = np.asarray(value)
+    canonical = np.dtype(x.dtype.str)
+    if x.dtype.char != canonical.char:  # equal as dtypes (so astype(copy=False) keeps it), a different type object
+        x = x.view(canonical)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(x.shape)
 
 
 class OpenVinoEngine:
