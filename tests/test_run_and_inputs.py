@@ -209,3 +209,15 @@ def test_busy_ticks_on_a_terminal_and_is_silent_otherwise(monkeypatch):
     with busy("converting to ncnn", tick_s=0.05):
         time.sleep(0.1)
     assert pipe.getvalue() == ""
+
+
+def test_a_run_failing_on_synthesized_feeds_says_how_to_give_them(silero_vad, tmp_path, cli):
+    """A copy of silero VAD outside the zoo: its signature doesn't say the 576-sample window, the run fails in the
+    model, and the one line says the inputs were synthesized and how to give them; with them it runs."""
+    vad = tmp_path / "vad.onnx"
+    vad.write_bytes(silero_vad.read_bytes())
+    r = cli("run", vad)
+    assert r.returncode == 2 and "synthesized from the model's signature" in r.stderr and "--shape" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = cli("run", vad, "--shape", "input:1x576", "--shape", "state:2x1x128", "--value", "sr=16000")
+    assert r.returncode == 0, r.stderr

@@ -84,6 +84,15 @@ def _quiet_libraries(debug: bool) -> None:
         logging.getLogger("onnx_ir").setLevel(logging.ERROR)
 
 
+def _synthesized_hint(e: BushuError, args) -> str:
+    """An engine that failed to run a feed bushu synthesized from the signature (no ``--input``) most often
+    wanted other dims or values than the signature says: say how to give them."""
+    if "failed to run the model" not in str(e) or not hasattr(args, "input") or args.input is not None:
+        return ""
+    return (" (the inputs were synthesized from the model's signature: give real ones with --input, or their dims "
+            "and values with --shape NAME:1x3x224x224 / --value NAME=NUMBER)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except BushuError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"bushu {args.command}: error: {e}", file=sys.stderr)
+        print(f"bushu {args.command}: error: {e}{_synthesized_hint(e, args)}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # `bushu inspect m.onnx | head`: the reader left; that is not an error
         import os
