@@ -13,6 +13,12 @@ class BushuError(Exception):
     exit_code = 2
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line (ONNX Runtime's and the checker's messages run over several), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class MissingExtraError(BushuError, ImportError):
     """A feature needs an optional dependency that is not installed."""
 

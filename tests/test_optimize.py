@@ -271,3 +271,11 @@ def test_default_samples(ppocr_cls, silero_vad):
     assert default_samples(bushu.load(ppocr_cls), "end") == 1
     assert default_samples(bushu.load(ppocr_cls), "each") == 3
     assert default_samples(bushu.load(silero_vad), "end") == 3  # If bodies: feeds may take different branches
+
+
+@pytest.mark.parametrize("flag, says", [(("--samples", "0"), "--samples 0"), (("--fold-limit", "-1"), "--fold-limit -1")])
+def test_optimize_refuses_a_verification_without_feeds_and_a_negative_fold_limit(digits_onnx, tmp_path, cli, flag,
+                                                                                  says):
+    """--samples 0 verified nothing and reported success; a negative fold limit silently disabled folding."""
+    r = cli("optimize", digits_onnx, "-o", tmp_path / "o.onnx", "--no-latency", *flag)
+    assert r.returncode == 2 and says in r.stderr and not (tmp_path / "o.onnx").exists(), r.stderr

@@ -63,7 +63,7 @@ def run(args):
     _, result = optimize(
         args.model, args.output, level=args.level, passes=args.passes, skip=args.skip, verify=args.verify,
         opset=args.opset, static_shapes=parse_shape_args(args.shape), inputs=args.input, samples=args.samples,
-        fold_size_limit=args.fold_limit or FOLD_SIZE_LIMIT, allow_invalid=args.allow_invalid,
+        fold_size_limit=FOLD_SIZE_LIMIT if args.fold_limit is None else args.fold_limit, allow_invalid=args.allow_invalid,
         latency=not args.no_latency, force=args.force, show_progress=not args.quiet, target=args.target,
         **(input_kwargs(args) if args.input is None else {}),
     )

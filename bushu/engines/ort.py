@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from ..errors import BushuError
+from ..errors import BushuError, first_line
 from .base import EngineOptions, ModelFile, TensorSpec
 
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -20,11 +20,6 @@ _ORT_TYPES = {
     "tensor(uint16)": "uint16", "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(bool)": "bool",
     "tensor(string)": "object", "tensor(bfloat16)": "bfloat16",
 }
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _spec(arg) -> TensorSpec:
@@ -67,7 +62,7 @@ class OrtSession:
         try:
             res = self.sess.run(names, dict(feeds))
         except Exception as e:
-            raise BushuError(f"ONNX Runtime failed to run the model: {_first_line(e)}") from None
+            raise BushuError(f"ONNX Runtime failed to run the model: {first_line(e)}") from None
         return dict(zip(names, res))
 
     def end_profiling(self) -> str:
@@ -109,7 +104,7 @@ class OrtEngine:
             try:
                 sess = ort.InferenceSession(src, sess_options=session_options(options), providers=providers)
             except Exception as e:
-                raise BushuError(f"ONNX Runtime could not load the model: {_first_line(e)}") from None
+                raise BushuError(f"ONNX Runtime could not load the model: {first_line(e)}") from None
         return OrtSession(sess)
 
 
@@ -129,7 +124,7 @@ def optimized_model(model: ir.Model | str, level: str = "all") -> ir.Model:
             try:
                 ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
             except Exception as e:
-                raise BushuError(f"ONNX Runtime could not load the model: {_first_line(e)}") from None
+                raise BushuError(f"ONNX Runtime could not load the model: {first_line(e)}") from None
         out = ir.load(so.optimized_model_filepath)
         for g in [out.graph, *out.graph.subgraphs()]:
             for v in g.initializers.values():

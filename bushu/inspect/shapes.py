@@ -18,7 +18,7 @@ import onnx
 import onnx.version_converter
 import onnx_ir as ir
 
-from ..errors import BushuError
+from ..errors import BushuError, first_line
 
 Bindings = Mapping[str, "tuple[int, ...] | int"]
 
@@ -201,7 +201,7 @@ def bind_and_infer(model: ir.Model, shapes: Bindings | None = None) -> tuple[ir.
     try:
         inferred = _infer(proto)
     except Exception as e:  # onnx raises InferenceError, ValidationError or RuntimeError by cause
-        return work, f"ONNX shape inference failed: {_first_line(e)}"
+        return work, f"ONNX shape inference failed: {first_line(e)}"
     _apply_types(work.graph, inferred.graph)
     if _non_static(work) and model.opset_imports.get("", _DATA_PROP_OPSET) < _DATA_PROP_OPSET:
         try:
@@ -216,7 +216,3 @@ def _lend(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> None:
     for v in _non_static(model):
         if v.name in shapes:
             v.shape = ir.Shape(shapes[v.name])
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -109,6 +109,11 @@ def optimize(
     ops: the output is for ONNX Runtime only), each kept only where ORT runs faster with it (:mod:`.ort_target`).
     """
     t_start = time.perf_counter()
+    if samples is not None and samples < 1:
+        raise BushuError(f"--samples {samples}: verification needs at least 1 feed (to skip it: --verify off)")
+    if fold_size_limit < 0:
+        raise BushuError(f"--fold-limit {fold_size_limit}: give the largest folded tensor in elements, 0 or more "
+                         f"(default {FOLD_SIZE_LIMIT})")
     # A thread for what runs outside Python: the original's reference run on ONNX Runtime (which releases the GIL)
     # beside the passes.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bushu-optimize") as pool:

@@ -26,7 +26,7 @@ from .. import ir as bir
 from ..compare import layerwise
 from ..compare.metrics import Tolerance, diff
 from ..engines.base import EngineOptions
-from ..errors import BushuError
+from ..errors import BushuError, first_line
 from ..inputs import Feed, check_feed, load_feeds, synthesize_many
 
 # Rewrites in FP32 reorder sums and fold constants in float64 before rounding: ~1e-6 relative. 1e-4 leaves room
@@ -160,11 +160,6 @@ def first_divergent_node(before: ir.Model, after: ir.Model, feed: Feed, tol: Tol
         passed[name] = bool(diff(got[name], expected, name=name, tol=tol.scaled(scale)))
     found = layerwise.first_divergence(a.model.graph, passed)
     return None if found is None else str(found)
-
-
-def first_line(e: Exception) -> str:
-    """An exception's first line (the checker's and ORT's run over several)."""
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def check_model(model: ir.Model | str | os.PathLike) -> str | None:
