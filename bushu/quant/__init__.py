@@ -30,7 +30,7 @@ from .prepare import check_selection
 from .result import QuantizeResult
 from .spec import PRESETS, QuantConfig
 
-__all__ = ["quantize", "QuantConfig", "QuantizeResult", "ImagePreprocess", "PRESETS"]
+__all__ = ["PRESETS", "ImagePreprocess", "QuantConfig", "QuantizeResult", "quantize"]
 
 
 def quantize(model: ir.Model | str | os.PathLike, calibration_data=None, config: QuantConfig | Mapping | None = None, *,
