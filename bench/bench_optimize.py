@@ -16,7 +16,7 @@ graph differ (a "slower" or "≤" there is noise, not a graph effect). On OpenVI
 Stage 2 (``--decide-rounds``, default 30) decides every (model, engine) where a bushu cell's stage-1 verdict is
 not "≤" (``--decide-all``: every one): one focused interleaved run of onnxsim's, onnxslim's, bushu's and the
 control's files, each open in two sessions, reopened afresh in 5 stretches of the rounds (a file is not judged by one
-session's luck: two sessions of one file differ by up to ~25% on OpenVINO), a sample being a batch of runs lasting
+session's luck: two sessions of one file differed by up to 1.3-1.5x on both engines), a sample being a batch of runs lasting
 ≥ 5 ms (tiny models), every session ``--decide-budget`` s per round in a rotated order; a file's round value is the geometric mean of its
 two sessions' medians. Each ratio gets its median over rounds with the 95% order-statistics confidence interval
 (which narrows with more rounds, unlike an IQR), and a verdict: "≤" when the median ≤ 1, "equal (±2%)" when the CI
