@@ -125,14 +125,7 @@ def rec_task(tmp: Path, n_lines: int) -> Task:
 def minilm_task(tmp: Path) -> Task:
     import bushu.zoo_torch as zt
 
-    tok = zt.minilm_tokenizer()
-    sents = [s for _, s in datasets.sentences()]
-
-    def feed(s):
-        enc = tok([s], return_tensors="np")
-        return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-
-    feeds = [feed(s) for s in sents]
+    feeds = zt.minilm_feeds(s for _, s in datasets.sentences())
     ref_cache: dict[str, np.ndarray] = {}
 
     def embed(p, engine):

@@ -60,14 +60,7 @@ class Row:
 def minilm_task():
     import bushu.zoo_torch as zt
 
-    tok = zt.minilm_tokenizer()
-    sents = [s for _, s in datasets.sentences()]
-
-    def feed(s):
-        enc = tok([s], return_tensors="np")
-        return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-
-    feeds = [feed(s) for s in sents]
+    feeds = zt.minilm_feeds(s for _, s in datasets.sentences())
     lengths = [f["input_ids"].shape[1] for f in feeds]
     timing_feed = feeds[int(np.argsort(lengths)[len(lengths) // 2])]
     path = zt.onnx_path("minilm")

@@ -141,6 +141,14 @@ def minilm_module():
     return SentenceEncoder().eval()
 
 
+def minilm_feeds(sentences) -> list[dict]:
+    """One ONNX feed per sentence for the exported MiniLM (int64 input_ids, attention_mask, token_type_ids; batch 1,
+    unpadded), as the benchmarks and tests feed it."""
+    tok = minilm_tokenizer()
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    return [{k: enc[k].astype("int64") for k in names} for enc in (tok([s], return_tensors="np") for s in sentences)]
+
+
 def minilm_example(sentences=("bushu deploys neural networks.", "A second, slightly longer example sentence.")):
     tok = minilm_tokenizer()
     enc = tok(list(sentences), padding=True, return_tensors="pt")

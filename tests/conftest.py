@@ -77,3 +77,26 @@ def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> 
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def wrong_pass(monkeypatch):
+    """``wrong_pass(factor)`` registers, for one test, a 'fold' named ``perturb-weight`` that scales the first Conv's
+    weight by ``factor`` into a new initializer ``perturbed``: a pass that changes the results. Returns its name."""
+    import numpy as np
+
+    from bushu.passes import registry
+    from bushu.passes._rewire import new_initializer
+
+    def register(factor: float) -> str:
+        def perturb(model, ctx):
+            conv = next(n for n in model.graph if n.op_type == "Conv")
+            w = conv.inputs[1].const_value.numpy()
+            conv.replace_input_with(1, new_initializer(model.graph, (w * factor).astype(np.float32), "perturbed"))
+            return 1
+
+        monkeypatch.setitem(registry._PASSES, "perturb-weight",
+                            registry.PassInfo("perturb-weight", "test only", "fold", perturb))
+        return "perturb-weight"
+
+    return register

@@ -113,21 +113,10 @@ def test_calibration_shows_a_progress_bar_over_the_samples_on_a_terminal(work, m
         assert (re.search(r"calibrating: +\d+%.*\d+/16", tty.getvalue()) is not None) == expect, tty.getvalue()
 
 
-def test_a_rolled_back_pass_leaves_the_weights_shared_not_copied(digits_onnx, monkeypatch):
+def test_a_rolled_back_pass_leaves_the_weights_shared_not_copied(digits_onnx, wrong_pass):
     """Issue 3: rolling back never copies weights — the output holds the input model's own tensor objects, even
     after a pass that changed results was undone."""
-    from bushu.passes import registry
-
-    def perturb(model, ctx):
-        conv = next(n for n in model.graph if n.op_type == "Conv")
-        w = conv.inputs[1]
-        conv.replace_input_with(1, new_initializer(model.graph, w.const_value.numpy() * 1.05, "perturbed"))
-        return 1
-
-    from bushu.passes._rewire import new_initializer
-
-    monkeypatch.setitem(registry._PASSES, "perturb-weight",
-                        registry.PassInfo("perturb-weight", "test only", "fold", perturb))
+    wrong_pass(1.05)
     model = bushu.load(digits_onnx)
     tensors = {id(v.const_value) for v in model.graph.initializers.values()}
     out, result = bushu.optimize(model, passes="perturb-weight,dead-code", latency=False, show_progress=False)

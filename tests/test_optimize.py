@@ -74,16 +74,8 @@ def test_dynamic_dims_survive(optimized):
     assert [str(d) for d in bushu.load(out).graph.inputs[0].shape] == ["batch", "sequence"]
 
 
-def test_a_wrong_pass_is_rolled_back_and_named(monkeypatch, ppocr_cls):
-    def perturb(model, ctx):
-        """Scale the first Conv weight by 1.01: a 'fold' that changes the results."""
-        conv = next(n for n in model.graph if n.op_type == "Conv")
-        w = conv.inputs[1]
-        conv.replace_input_with(1, _initializer(model.graph, w.const_value.numpy() * 1.01, "perturbed"))
-        return 1
-
-    monkeypatch.setitem(registry._PASSES, "perturb-weight",
-                        registry.PassInfo("perturb-weight", "test only", "fold", perturb))
+def test_a_wrong_pass_is_rolled_back_and_named(wrong_pass, ppocr_cls):
+    wrong_pass(1.01)  # the first Conv's weight scaled: a 'fold' that changes the results
     out, result = bushu.optimize(ppocr_cls, passes="lift-constants,perturb-weight,fold-batchnorm", latency=False,
                                  show_progress=False)
     assert result, result.render()  # the output is still right: the bad pass was undone
@@ -93,12 +85,6 @@ def test_a_wrong_pass_is_rolled_back_and_named(monkeypatch, ppocr_cls):
     assert "perturbed" not in out.graph.initializers
     assert result.fired.get("fold-batchnorm", 0) == 35  # the pipeline went on
     assert "rolled back perturb-weight" in result.render()
-
-
-def _initializer(graph, array, name):
-    from bushu.passes._rewire import new_initializer
-
-    return new_initializer(graph, array.astype(np.float32), name)
 
 
 def test_checker_rejected_model_needs_allow_invalid(tmp_path):
@@ -234,7 +220,7 @@ def test_output_check_without_its_weights_still_sees_their_types_and_shapes():
     assert "Incompatible dimensions" in (check_written(bad, bad_w) or ""), check_written(bad, bad_w)
 
 
-def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passes(monkeypatch, ppocr_cls):
+def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passes(monkeypatch, wrong_pass, ppocr_cls):
     """--verify end: the original runs on ORT in a thread once the first pass changed the model (beside the passes),
     the output in that thread too, from the written file (while the main thread runs the checker); a pass that
     changed the results makes the result falsy, named by output."""
@@ -242,11 +228,7 @@ def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passe
 
     from bushu.passes import verify
 
-    def perturb(model, ctx):
-        conv = next(n for n in model.graph if n.op_type == "Conv")
-        conv.replace_input_with(1, _initializer(model.graph, conv.inputs[1].const_value.numpy() * 1.01, "perturbed"))
-        return 1
-
+    wrong_pass(1.01)
     runs = []
     real = verify.run_ort
 
@@ -255,8 +237,6 @@ def test_verify_end_catches_a_wrong_pass_with_the_reference_run_beside_the_passe
         return real(model, feeds, threads)
 
     monkeypatch.setattr(verify, "run_ort", spy)
-    monkeypatch.setitem(registry._PASSES, "perturb-weight",
-                        registry.PassInfo("perturb-weight", "test only", "fold", perturb))
     _, result = bushu.optimize(ppocr_cls, passes="lift-constants,perturb-weight", verify="end", latency=False,
                                show_progress=False)
     assert not result and result.verify_error and "FAIL" in result.verify_error, result.render()

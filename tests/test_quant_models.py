@@ -141,16 +141,10 @@ def test_ppocr_rec_int8_reads_rendered_lines(ppocr_rec):
 
 @pytest.fixture(scope="module")
 def minilm_data():
-    from bushu.zoo_torch import minilm_tokenizer
+    from bushu.zoo_torch import minilm_feeds
 
-    tok = minilm_tokenizer()
     sents = [s for _, s in datasets.sentences()]
-
-    def feed(batch):
-        enc = tok(batch, padding=True, return_tensors="np")
-        return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-
-    return [feed([s]) for s in sents[0:48:2]], [feed([s]) for s in sents[1:200:5]]
+    return minilm_feeds(sents[0:48:2]), minilm_feeds(sents[1:200:5])
 
 
 def embeddings(model, feeds):
