@@ -178,17 +178,22 @@ def snr_task(name: str, path: Path, calib: list[dict], test: list[dict]) -> Task
     return Task(name, path, calib, score, test[0], check_feeds=test[:4])
 
 
-def det_task(tmp: Path) -> Task:
-    """PP-OCRv4 det on photos with rendered text pasted on them, preprocessed as rapidocr does ((x/255-0.5)/0.5)."""
+def det_model(tmp: Path) -> Path:
+    """PP-OCRv4 det at opset 13 (per-channel Q/DQ needs it), written under ``tmp``."""
     path = tmp / "ppocr-det-op13.onnx"
     bushu.save(bushu.ir.convert_opset(bushu.load(zoo.path("ppocr-det")), 13), path)
+    return path
 
-    def prep(img):
-        return np.ascontiguousarray(((img.astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)[None])
 
-    calib = [{"x": prep(im)} for im in datasets.text_scenes(64, 480, seed=0)]
-    test = [{"x": prep(im)} for im in datasets.text_scenes(12, 480, seed=1)]
-    return snr_task("ppocr-det", path, calib, test)
+def det_feeds(n: int, seed: int) -> list[dict]:
+    """``n`` photos with rendered text pasted on them (480 px), preprocessed as rapidocr does ((x/255-0.5)/0.5)."""
+    return [{"x": np.ascontiguousarray(((im.astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)[None])}
+            for im in datasets.text_scenes(n, 480, seed=seed)]
+
+
+def det_task(tmp: Path) -> Task:
+    """PP-OCRv4 det on photos with rendered text pasted on them."""
+    return snr_task("ppocr-det", det_model(tmp), det_feeds(64, seed=0), det_feeds(12, seed=1))
 
 
 def mnv3_task(tmp: Path) -> Task:

@@ -33,11 +33,14 @@ import numpy as np
 import onnx
 
 import bushu
-from bushu import datasets, zoo
+from bushu import datasets
 from bushu.engines import open_session
 from bushu.engines.base import EngineOptions
 from bushu.quant import QuantConfig, quantize
 from bushu.timing import machine, measure_interleaved
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quant import det_feeds, det_model  # noqa: E402  (the same PP-OCRv4 det data as the main quant bench)
 
 warnings.filterwarnings("ignore")
 ENGINES = ("ort", "openvino")
@@ -75,14 +78,8 @@ def minilm_task():
 
 
 def det_task(tmp: Path):
-    path = tmp / "ppocr-det-op13.onnx"
-    bushu.save(bushu.ir.convert_opset(bushu.load(zoo.path("ppocr-det")), 13), path)
-
-    def prep(img):
-        return np.ascontiguousarray(((img.astype(np.float32) / 255 - 0.5) / 0.5).transpose(2, 0, 1)[None])
-
-    test = [{"x": prep(im)} for im in datasets.text_scenes(6, 480, seed=1)]
-    held = [{"x": prep(im)} for im in datasets.text_scenes(2, 480, seed=0)]
+    path = det_model(tmp)
+    test, held = det_feeds(6, seed=1), det_feeds(2, seed=0)
     ref = [o["sigmoid_0.tmp_0"] if "sigmoid_0.tmp_0" in o else next(iter(o.values())) for o in _run(path, "ort", test)]
 
     def score(p, engine):
