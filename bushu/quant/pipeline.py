@@ -8,10 +8,8 @@ from collections.abc import Callable, Iterable
 
 import onnx_ir as ir
 
-from .. import engines
 from ..errors import BushuError
 from ..inputs import Feed
-from ..timing import measure
 from . import auto
 from . import budget as bud
 from .algorithms import adaround, bias_correction, cle, smoothquant
@@ -104,23 +102,18 @@ def _meet_budget(s: Session, budget: bud.Budget, methods: list[str], notes: list
         notes.append(f"budget {budget} not met even with every weighted layer in float: check the held-out data")
         q, p = s.build(method=methods[0])
         return q, p, all_steps, False, methods[0]
-    best = None
-    for method, keep in passing:
-        q, p = s.build(keep, method)
-        ms = _median_ms(q, s.config.engine, s.heldout[0])
-        if best is None or ms < best[0]:
-            best = (ms, q, p, method)
-    if not best[2].weights:
+    built = [(method, *s.build(keep, method)) for method, keep in passing]
+    i = 0
+    if len(built) > 1:  # one passing configuration needs no timing
+        lats = time_interleaved([q for _, q, _ in built], s.heldout[0], engine=s.config.engine, budget_s=0.5)
+        i = min(range(len(built)), key=lambda k: lats[k].median_ms)
+    method, q, p = built[i]
+    if not p.weights:
         notes.append("the budget is met only with every weighted layer in float: the result is the float model")
-    if len(passing) > 1:
-        notes.append(f"budget met by {len(passing)} configurations; kept the fastest ({best[3]}, "
-                     f"{len(best[2].reasons)} layers in float, {best[0]:.3f} ms)")
-    return best[1], best[2], all_steps, True, best[3]
-
-
-def _median_ms(model: ir.Model, engine: str, feed: Feed) -> float:
-    sess = engines.open_session(model, engine)
-    return measure(lambda: sess.run(feed), warmup_s=0.2, budget_s=0.5).median_ms
+    if len(built) > 1:
+        notes.append(f"budget met by {len(built)} configurations; kept the fastest ({method}, "
+                     f"{len(p.reasons)} layers in float, {lats[i].median_ms:.3f} ms)")
+    return q, p, all_steps, True, method
 
 
 def _wrong(c: EngineCheck) -> str:
